@@ -1,0 +1,184 @@
+// The only file that includes torch: turns Python objects into raw pointers, releases the
+// GIL around the torch-free kernels, and maps their errors to Python exceptions.
+#include <torch/extension.h>
+
+#include <string>
+#include <vector>
+
+#include "image/augment.h"
+#include "image/random_crop.h"
+#include "jpeg/decode.h"
+
+namespace fl = fastloader;
+namespace py = pybind11;
+
+namespace {
+
+// Holds the buffer views of a batch while the GIL is released.
+struct BorrowedImages {
+  std::vector<py::buffer_info> views;
+  std::vector<fl::ImageSource> sources;
+
+  BorrowedImages(const py::list& images, int channels) {
+    views.reserve(images.size());
+    sources.reserve(images.size());
+    for (size_t i = 0; i < images.size(); ++i) {
+      views.push_back(py::reinterpret_borrow<py::buffer>(images[i]).request());
+      const py::buffer_info& v = views.back();
+      fl::ImageSource src;
+      src.data = static_cast<const uint8_t*>(v.ptr);
+      src.size = size_t(v.size) * v.itemsize;
+      if (v.ndim == 3) {  // decoded pixels, validated by the Python side
+        if (v.itemsize != 1 || v.shape[2] != channels)
+          throw py::value_error("sample " + std::to_string(i) + ": decoded image must be HxWx" +
+                                std::to_string(channels) + " uint8");
+        src.raw_h = int(v.shape[0]);
+        src.raw_w = int(v.shape[1]);
+      }
+      sources.push_back(src);
+    }
+  }
+};
+
+fl::DecodeLimits limits_of(int64_t max_pixels, int max_scans) {
+  fl::DecodeLimits limits;
+  limits.max_pixels = max_pixels;
+  limits.max_scans = max_scans;
+  return limits;
+}
+
+torch::Tensor decode_jpeg(py::buffer data, int mode, int scale, bool apply_orientation,
+                          int64_t max_pixels, int max_scans) {
+  py::buffer_info view = data.request();
+  const auto* bytes = static_cast<const uint8_t*>(view.ptr);
+  const size_t size = size_t(view.size) * view.itemsize;
+  const fl::ColorMode color = static_cast<fl::ColorMode>(mode);
+  const int channels = fl::channels_of(color);
+  py::gil_scoped_release no_gil;
+  fl::JpegDecoder& dec = fl::thread_decoder();
+  const fl::JpegInfo info = dec.open(bytes, size, apply_orientation, limits_of(max_pixels, max_scans));
+  const int w = fl::scaled_dim(info.width, scale), h = fl::scaled_dim(info.height, scale);
+  const int orientation = apply_orientation ? info.orientation : 1;
+  if (orientation == 1) {
+    torch::Tensor out = torch::empty({h, w, channels}, torch::kUInt8);
+    dec.decode(color, scale, {0, 0, w, h}, out.data_ptr<uint8_t>(), size_t(w) * channels);
+    return out;
+  }
+  std::vector<uint8_t> stored(size_t(w) * h * channels);
+  dec.decode(color, scale, {0, 0, w, h}, stored.data(), size_t(w) * channels);
+  const bool swap = fl::orientation_swaps_axes(orientation);
+  torch::Tensor out = torch::empty({swap ? w : h, swap ? h : w, channels}, torch::kUInt8);
+  fl::orient_image(stored.data(), w, h, channels, orientation, out.data_ptr<uint8_t>());
+  return out;
+}
+
+py::tuple probe_images(const py::list& images, bool apply_orientation, int64_t max_pixels,
+                       int max_scans, int num_threads) {
+  BorrowedImages batch(images, 3);
+  std::vector<fl::ImageSize> sizes;
+  {
+    py::gil_scoped_release no_gil;
+    sizes = fl::probe_images(batch.sources, apply_orientation, limits_of(max_pixels, max_scans),
+                             num_threads);
+  }
+  torch::Tensor hw = torch::empty({int64_t(sizes.size()), 2}, torch::kInt64);
+  auto acc = hw.accessor<int64_t, 2>();
+  py::list errors;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    acc[i][0] = sizes[i].height;
+    acc[i][1] = sizes[i].width;
+    errors.append(sizes[i].error);
+  }
+  return py::make_tuple(hw, errors);
+}
+
+fl::OutDType out_dtype_of(const torch::Tensor& out) {
+  switch (out.scalar_type()) {
+    case torch::kUInt8: return fl::OutDType::U8;
+    case torch::kFloat32: return fl::OutDType::F32;
+    case torch::kFloat16: return fl::OutDType::F16;
+    case torch::kBFloat16: return fl::OutDType::BF16;
+    default: throw py::value_error("output dtype must be uint8, float32, float16 or bfloat16");
+  }
+}
+
+std::vector<std::string> augment_batch(const py::list& images, torch::Tensor geometry,
+                                       torch::Tensor flips, torch::Tensor out, int mode,
+                                       int layout, std::optional<torch::Tensor> lut,
+                                       bool apply_orientation, bool dct_scaling,
+                                       int64_t max_pixels, int max_scans, int num_threads) {
+  const int64_t n = int64_t(images.size());
+  fl::BatchSpec spec;
+  spec.mode = static_cast<fl::ColorMode>(mode);
+  spec.layout = static_cast<fl::Layout>(layout);
+  spec.dtype = out_dtype_of(out);
+  spec.apply_orientation = apply_orientation;
+  spec.dct_scaling = dct_scaling;
+  spec.limits = limits_of(max_pixels, max_scans);
+  spec.num_threads = std::max(1, num_threads);
+  const int64_t channels = fl::channels_of(spec.mode);
+  if (out.device().type() != torch::kCPU || !out.is_contiguous() || out.dim() != 4 || out.size(0) != n)
+    throw py::value_error("out must be a contiguous CPU batch of " + std::to_string(n) + " images");
+  const bool nhwc = spec.layout == fl::Layout::NHWC;
+  if ((nhwc ? out.size(3) : out.size(1)) != channels)
+    throw py::value_error("out has the wrong number of channels");
+  spec.out_h = int(nhwc ? out.size(1) : out.size(2));
+  spec.out_w = int(nhwc ? out.size(2) : out.size(3));
+  if (geometry.scalar_type() != torch::kFloat64 || geometry.dim() != 2 || geometry.size(0) != n ||
+      geometry.size(1) != 8 || flips.scalar_type() != torch::kBool || flips.numel() != n)
+    throw py::value_error("geometry must be float64 (N, 8) and flips bool (N,)");
+  geometry = geometry.contiguous();
+  flips = flips.contiguous();
+  torch::Tensor table;
+  if (lut) {
+    table = lut->to(torch::kFloat32).contiguous();
+    if (table.numel() != channels * 256) throw py::value_error("lut must hold channels x 256 values");
+    spec.lut = table.data_ptr<float>();
+  }
+  std::vector<fl::SampleGeometry> geo(n);
+  const double* g = geometry.data_ptr<double>();
+  const bool* f = flips.data_ptr<bool>();
+  for (int64_t i = 0; i < n; ++i, g += 8)
+    geo[i] = {g[0], g[1], g[2], g[3], int(g[4]), int(g[5]), int(g[6]), int(g[7]), f[i]};
+  BorrowedImages batch(images, int(channels));
+  void* dst = out.data_ptr();
+  py::gil_scoped_release no_gil;
+  return fl::augment_batch(batch.sources, geo, spec, dst);
+}
+
+torch::Tensor sample_resized_crops(torch::Tensor sizes, double scale_lo, double scale_hi,
+                                  double ratio_lo, double ratio_hi, uint64_t seed) {
+  if (sizes.scalar_type() != torch::kInt64 || sizes.dim() != 2 || sizes.size(1) != 2)
+    throw py::value_error("sizes must be int64 (N, 2) heights and widths");
+  sizes = sizes.contiguous();
+  const int64_t n = sizes.size(0);
+  torch::Tensor boxes = torch::empty({n, 4}, torch::kInt64);
+  const int64_t* hw = sizes.data_ptr<int64_t>();
+  int64_t* out = boxes.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const fl::CropBox b = fl::sample_resized_crop(int(hw[2 * i]), int(hw[2 * i + 1]), scale_lo,
+                                                  scale_hi, ratio_lo, ratio_hi, seed, uint64_t(i));
+    out[4 * i] = b.top;
+    out[4 * i + 1] = b.left;
+    out[4 * i + 2] = b.height;
+    out[4 * i + 3] = b.width;
+  }
+  return boxes;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastloader's compiled kernels (JPEG decode, fused image augmentation)";
+  py::register_exception<fl::JpegError>(m, "JpegError", PyExc_ValueError);
+  m.def("decode_jpeg", &decode_jpeg, py::arg("data"), py::arg("mode"), py::arg("scale"),
+        py::arg("apply_orientation"), py::arg("max_pixels"), py::arg("max_scans"));
+  m.def("probe_images", &probe_images, py::arg("images"), py::arg("apply_orientation"),
+        py::arg("max_pixels"), py::arg("max_scans"), py::arg("num_threads"));
+  m.def("augment_batch", &augment_batch, py::arg("images"), py::arg("geometry"), py::arg("flips"),
+        py::arg("out"), py::arg("mode"), py::arg("layout"), py::arg("lut"),
+        py::arg("apply_orientation"), py::arg("dct_scaling"), py::arg("max_pixels"),
+        py::arg("max_scans"), py::arg("num_threads"));
+  m.def("sample_resized_crops", &sample_resized_crops, py::arg("sizes"), py::arg("scale_lo"),
+        py::arg("scale_hi"), py::arg("ratio_lo"), py::arg("ratio_hi"), py::arg("seed"));
+}

@@ -1,0 +1,195 @@
+#include "augment.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <exception>
+
+#include "convert.h"
+#include "resample.h"
+
+namespace fastloader {
+namespace {
+
+struct Scratch {
+  ResampleAxis ax, ay;
+  std::vector<uint8_t> roi, oriented, resized, tmp;
+};
+
+// The output is written from one value table per channel: out = table[c][pixel].
+template <typename T>
+void write_sample(const uint8_t* pixels, const BatchSpec& spec, bool flip, const T* table, T* out) {
+  const int C = channels_of(spec.mode), W = spec.out_w, H = spec.out_h;
+  for (int y = 0; y < H; ++y) {
+    const uint8_t* row = pixels + size_t(y) * W * C;
+    for (int x = 0; x < W; ++x) {
+      const uint8_t* px = row + size_t(flip ? W - 1 - x : x) * C;
+      for (int c = 0; c < C; ++c) {
+        const T v = table[c * 256 + px[c]];
+        if (spec.layout == Layout::NHWC)
+          out[(size_t(y) * W + x) * C + c] = v;
+        else
+          out[(size_t(c) * H + y) * W + x] = v;
+      }
+    }
+  }
+}
+
+struct OutputTables {
+  std::vector<uint8_t> u8;
+  std::vector<float> f32;
+  std::vector<uint16_t> u16;  // float16 or bfloat16 bits
+
+  OutputTables(const BatchSpec& spec) {
+    const int n = channels_of(spec.mode) * 256;
+    std::vector<float> values(n);
+    for (int i = 0; i < n; ++i) values[i] = spec.lut ? spec.lut[i] : float(i % 256);
+    switch (spec.dtype) {
+      case OutDType::U8:
+        u8.resize(n);
+        for (int i = 0; i < n; ++i) u8[i] = uint8_t(i % 256);
+        break;
+      case OutDType::F32: f32 = values; break;
+      case OutDType::F16:
+      case OutDType::BF16:
+        u16.resize(n);
+        for (int i = 0; i < n; ++i)
+          u16[i] = spec.dtype == OutDType::F16 ? float_to_half(values[i]) : float_to_bf16(values[i]);
+        break;
+    }
+  }
+
+  void write(const uint8_t* pixels, const BatchSpec& spec, bool flip, void* out) const {
+    switch (spec.dtype) {
+      case OutDType::U8: write_sample(pixels, spec, flip, u8.data(), static_cast<uint8_t*>(out)); break;
+      case OutDType::F32: write_sample(pixels, spec, flip, f32.data(), static_cast<float*>(out)); break;
+      default: write_sample(pixels, spec, flip, u16.data(), static_cast<uint16_t*>(out)); break;
+    }
+  }
+};
+
+void check_geometry(const SampleGeometry& g, int w, int h) {
+  const bool ok = g.x0 >= 0 && g.y0 >= 0 && g.x1 <= w && g.y1 <= h && g.x0 < g.x1 &&
+                  g.y0 < g.y1 && g.resize_w > 0 && g.resize_h > 0;
+  if (!ok)
+    throw JpegError("crop box (" + std::to_string(g.x0) + ", " + std::to_string(g.y0) + ", " +
+                    std::to_string(g.x1) + ", " + std::to_string(g.y1) + ") outside the " +
+                    std::to_string(w) + "x" + std::to_string(h) + " image");
+}
+
+// Produces the out_h x out_w x C uint8 pixels of one sample in s.resized.
+void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchSpec& spec,
+                   Scratch& s) {
+  const int C = channels_of(spec.mode);
+  const bool raw = src.raw_w > 0;
+  JpegDecoder& dec = thread_decoder();
+  int w = src.raw_w, h = src.raw_h, orientation = 1, scale = 8;
+  if (!raw) {
+    const JpegInfo info = dec.open(src.data, src.size, spec.apply_orientation, spec.limits);
+    orientation = spec.apply_orientation ? info.orientation : 1;
+    const bool swap = orientation_swaps_axes(orientation);
+    w = swap ? info.height : info.width;
+    h = swap ? info.width : info.height;
+  }
+  check_geometry(g, w, h);
+  if (!raw && spec.dct_scaling) scale = choose_dct_scale(w, h, g);
+  // Work in the frame of the scaled image whose origin is the box's first pixel.
+  const int sw = scaled_dim(w, scale), sh = scaled_dim(h, scale);
+  const double rx = double(sw) / w, ry = double(sh) / h;
+  const double bx0 = g.x0 * rx, bx1 = g.x1 * rx, by0 = g.y0 * ry, by1 = g.y1 * ry;
+  const int fx = int(std::floor(bx0)), fy = int(std::floor(by0));
+  const int clip_w = std::min(sw, int(std::ceil(bx1))) - fx;
+  const int clip_h = std::min(sh, int(std::ceil(by1))) - fy;
+  s.ax.build(bx0 - fx, bx1 - fx, 0, clip_w, g.resize_w, g.win_x, spec.out_w);
+  s.ay.build(by0 - fy, by1 - fy, 0, clip_h, g.resize_h, g.win_y, spec.out_h);
+  s.resized.resize(size_t(spec.out_w) * spec.out_h * C);
+  const Rect roi{fx + s.ax.src_lo, fy + s.ay.src_lo, s.ax.src_hi - s.ax.src_lo,
+                 s.ay.src_hi - s.ay.src_lo};
+  if (roi.w <= 0 || roi.h <= 0) {  // the window is all padding
+    std::fill(s.resized.begin(), s.resized.end(), 0);
+    return;
+  }
+  const uint8_t* pixels;
+  size_t stride;
+  if (raw) {
+    pixels = src.data + (size_t(roi.y) * w + roi.x) * C;
+    stride = size_t(w) * C;
+  } else {
+    const bool swap = orientation_swaps_axes(orientation);
+    const Rect stored = unorient_rect(roi, swap ? sh : sw, swap ? sw : sh, orientation);
+    s.roi.resize(size_t(stored.w) * stored.h * C);
+    dec.decode(spec.mode, scale, stored, s.roi.data(), size_t(stored.w) * C);
+    pixels = s.roi.data();
+    if (orientation != 1) {
+      s.oriented.resize(s.roi.size());
+      orient_image(s.roi.data(), stored.w, stored.h, C, orientation, s.oriented.data());
+      pixels = s.oriented.data();
+    }
+    stride = size_t(roi.w) * C;
+  }
+  s.ax.rebase(s.ax.src_lo);
+  s.ay.rebase(s.ay.src_lo);
+  resample_u8(pixels, stride, C, s.ax, s.ay, s.resized.data(), s.tmp);
+}
+
+}  // namespace
+
+int choose_dct_scale(int width, int height, const SampleGeometry& g) {
+  for (int k = 1; k < 8; ++k) {
+    const double rx = double(scaled_dim(width, k)) / width;
+    const double ry = double(scaled_dim(height, k)) / height;
+    if ((g.x1 - g.x0) * rx >= g.resize_w && (g.y1 - g.y0) * ry >= g.resize_h) return k;
+  }
+  return 8;
+}
+
+std::vector<ImageSize> probe_images(const std::vector<ImageSource>& images, bool apply_orientation,
+                                    const DecodeLimits& limits, int num_threads) {
+  const int n = static_cast<int>(images.size());
+  std::vector<ImageSize> sizes(n);
+#pragma omp parallel for schedule(dynamic, 16) num_threads(num_threads)
+  for (int i = 0; i < n; ++i) {
+    const ImageSource& src = images[i];
+    if (src.raw_w > 0) {
+      sizes[i] = {src.raw_w, src.raw_h, {}};
+      continue;
+    }
+    try {
+      const JpegInfo info = thread_decoder().open(src.data, src.size, apply_orientation, limits);
+      const bool swap = orientation_swaps_axes(info.orientation);
+      sizes[i].width = swap ? info.height : info.width;
+      sizes[i].height = swap ? info.width : info.height;
+    } catch (const std::exception& e) {
+      sizes[i].error = e.what();
+    }
+  }
+  return sizes;
+}
+
+std::vector<std::string> augment_batch(const std::vector<ImageSource>& images,
+                                       const std::vector<SampleGeometry>& geometry,
+                                       const BatchSpec& spec, void* out) {
+  const int n = static_cast<int>(images.size());
+  const size_t sample_bytes =
+      size_t(spec.out_h) * spec.out_w * channels_of(spec.mode) * dtype_size(spec.dtype);
+  const OutputTables tables(spec);
+  std::vector<std::string> errors(n);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(spec.num_threads)
+  for (int i = 0; i < n; ++i) {
+    thread_local Scratch scratch;
+    void* slot = static_cast<uint8_t*>(out) + sample_bytes * i;
+    try {
+      render_sample(images[i], geometry[i], spec, scratch);
+      tables.write(scratch.resized.data(), spec, geometry[i].flip, slot);
+    } catch (const std::exception& e) {
+      errors[i] = e.what();
+      std::memset(slot, 0, sample_bytes);
+    } catch (...) {
+      errors[i] = "unknown error";
+      std::memset(slot, 0, sample_bytes);
+    }
+  }
+  return errors;
+}
+
+}  // namespace fastloader

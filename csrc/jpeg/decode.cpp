@@ -1,0 +1,281 @@
+#include "decode.h"
+
+#include <algorithm>
+#include <csetjmp>
+#include <cstdio>
+#include <cstring>
+
+#include <jerror.h>
+#include <jpeglib.h>
+
+#include "exif.h"
+
+namespace fastloader {
+namespace {
+
+struct ErrorManager {
+  jpeg_error_mgr pub;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX + 64];
+};
+
+struct ProgressManager {
+  jpeg_progress_mgr pub;
+  int max_scans;
+};
+
+[[noreturn]] void jump_with(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<ErrorManager*>(cinfo->err);
+  std::longjmp(err->jump, 1);
+}
+
+void on_error_exit(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<ErrorManager*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  jump_with(cinfo);
+}
+
+// Warnings that mean pixels were lost or invented. libjpeg decodes on (gray fill,
+// garbage), which would feed silent noise to training: we fail the sample instead.
+// Harmless ones (extraneous bytes between markers, unknown JFIF revision) pass.
+bool loses_data(int code) {
+  switch (code) {
+    case JWRN_JPEG_EOF:
+    case JWRN_HIT_MARKER:
+    case JWRN_HUFF_BAD_CODE:
+#ifdef JWRN_ARITH_BAD_CODE
+    case JWRN_ARITH_BAD_CODE:
+#endif
+    case JWRN_MUST_RESYNC:
+    case JWRN_NOT_SEQUENTIAL:
+    case JWRN_BOGUS_PROGRESSION:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void on_emit_message(j_common_ptr cinfo, int msg_level) {
+  if (msg_level >= 0) return;  // trace output
+  if (loses_data(cinfo->err->msg_code)) on_error_exit(cinfo);
+  cinfo->err->num_warnings++;
+}
+
+void on_output_message(j_common_ptr) {}  // never print to stderr
+
+void on_progress(j_common_ptr cinfo) {
+  auto* progress = reinterpret_cast<ProgressManager*>(cinfo->progress);
+  auto* dinfo = reinterpret_cast<j_decompress_ptr>(cinfo);
+  if (dinfo->input_scan_number > progress->max_scans) {
+    auto* err = reinterpret_cast<ErrorManager*>(cinfo->err);
+    std::snprintf(err->message, sizeof(err->message), "more than %d scans (progressive scan limit)",
+                  progress->max_scans);
+    jump_with(cinfo);
+  }
+}
+
+// PIL's CMYK -> RGB on Adobe-style inverted CMYK (PIL reads every CMYK JPEG as "CMYK;I").
+inline uint8_t muldiv255(int a, int b) {
+  int t = a * b + 128;
+  return static_cast<uint8_t>(((t >> 8) + t) >> 8);
+}
+
+void cmyk_row_to_rgb(const uint8_t* in, int n, uint8_t* out) {
+  for (int i = 0; i < n; ++i, in += 4, out += 3) {
+    int nk = in[3];  // 255 - (255 - k)
+    for (int c = 0; c < 3; ++c) {
+      int v = nk - muldiv255(255 - in[c], nk);
+      out[c] = static_cast<uint8_t>(v < 0 ? 0 : v);
+    }
+  }
+}
+
+// PIL's RGB -> L (ITU-R 601-2 luma, 16-bit fixed point).
+void rgb_row_to_gray(const uint8_t* in, int n, uint8_t* out) {
+  for (int i = 0; i < n; ++i, in += 3)
+    out[i] = static_cast<uint8_t>((in[0] * 19595 + in[1] * 38470 + in[2] * 7471 + 0x8000) >> 16);
+}
+
+}  // namespace
+
+struct JpegDecoder::State {
+  jpeg_decompress_struct cinfo{};
+  ErrorManager err{};
+  ProgressManager progress{};
+  JpegInfo info;
+  bool opened = false;
+  std::vector<uint8_t> row;  // one decoded row when it needs cropping or conversion
+};
+
+// Runs f with libjpeg's errors caught; f must not own objects with destructors, since
+// an error longjmps out of it.
+template <class F>
+static void guarded(jpeg_decompress_struct& cinfo, ErrorManager& err, F&& f) {
+  if (setjmp(err.jump)) {
+    jpeg_abort_decompress(&cinfo);
+    throw JpegError(err.message);
+  }
+  f();
+}
+
+JpegDecoder::JpegDecoder() : state_(std::make_unique<State>()) {
+  State& s = *state_;
+  s.cinfo.err = jpeg_std_error(&s.err.pub);
+  s.err.pub.error_exit = on_error_exit;
+  s.err.pub.emit_message = on_emit_message;
+  s.err.pub.output_message = on_output_message;
+  if (setjmp(s.err.jump)) throw JpegError(s.err.message);
+  jpeg_create_decompress(&s.cinfo);
+  s.progress.pub.progress_monitor = on_progress;
+  s.cinfo.progress = &s.progress.pub;
+}
+
+JpegDecoder::~JpegDecoder() { jpeg_destroy_decompress(&state_->cinfo); }
+
+JpegInfo JpegDecoder::open(const uint8_t* data, size_t size, bool read_orientation,
+                           const DecodeLimits& limits) {
+  State& s = *state_;
+  s.opened = false;
+  if (size == 0) throw JpegError("empty input");
+  if (!looks_like_jpeg(data, size)) throw JpegError("not a JPEG (no SOI marker)");
+  s.progress.max_scans = limits.max_scans;
+  s.err.pub.num_warnings = 0;
+  jpeg_decompress_struct& cinfo = s.cinfo;
+  guarded(cinfo, s.err, [&] {
+    jpeg_abort_decompress(&cinfo);
+    jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
+    jpeg_save_markers(&cinfo, JPEG_APP0 + 1, read_orientation ? 0xFFFF : 0);
+    jpeg_read_header(&cinfo, TRUE);
+  });
+  JpegInfo info;
+  info.width = static_cast<int>(cinfo.image_width);
+  info.height = static_cast<int>(cinfo.image_height);
+  info.components = cinfo.num_components;
+  info.progressive = cinfo.progressive_mode;
+  if (info.width <= 0 || info.height <= 0) throw JpegError("image has no pixels");
+  if (int64_t(info.width) * info.height > limits.max_pixels)
+    throw JpegError("image of " + std::to_string(info.width) + "x" + std::to_string(info.height) +
+                    " pixels exceeds max_pixels=" + std::to_string(limits.max_pixels));
+  if (read_orientation) {
+    for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next)
+      if (m->marker == JPEG_APP0 + 1) {
+        int o = exif_orientation(m->data, m->data_length);
+        if (o) {
+          info.orientation = o;
+          break;
+        }
+      }
+  }
+  s.info = info;
+  s.opened = true;
+  return info;
+}
+
+void JpegDecoder::decode(ColorMode mode, int scale_num, Rect roi, uint8_t* dst, size_t dst_stride) {
+  State& s = *state_;
+  if (!s.opened) throw JpegError("decode() without a successful open()");
+  s.opened = false;
+  if (scale_num < 1 || scale_num > 8) throw JpegError("scale must be k/8 with k in 1..8");
+  const int full_w = scaled_dim(s.info.width, scale_num);
+  const int full_h = scaled_dim(s.info.height, scale_num);
+  if (roi.w <= 0 || roi.h <= 0 || roi.x < 0 || roi.y < 0 || roi.x + roi.w > full_w ||
+      roi.y + roi.h > full_h)
+    throw JpegError("region of interest outside the image");
+
+  jpeg_decompress_struct& cinfo = s.cinfo;
+  const J_COLOR_SPACE in_space = cinfo.jpeg_color_space;
+  const bool cmyk = in_space == JCS_CMYK || in_space == JCS_YCCK;
+  const bool gray_native = mode == ColorMode::Gray && in_space == JCS_GRAYSCALE;
+  const int out_c = channels_of(mode);
+  const int dec_c = cmyk ? 4 : (gray_native ? 1 : 3);
+  // Decode a couple of columns beyond the ROI: at the edge of a cropped decode, chroma
+  // upsampling lacks its neighbour, so the outermost columns differ from a full decode.
+  const int margin = 2;
+  const int want_x0 = std::max(0, roi.x - margin);
+  const int want_x1 = std::min(full_w, roi.x + roi.w + margin);
+
+  guarded(cinfo, s.err, [&] {
+    cinfo.scale_num = static_cast<unsigned>(scale_num);
+    cinfo.scale_denom = 8;
+    cinfo.dct_method = JDCT_ISLOW;
+    cinfo.out_color_space = cmyk ? JCS_CMYK : (gray_native ? JCS_GRAYSCALE : JCS_EXT_RGB);
+    jpeg_start_decompress(&cinfo);
+    JDIMENSION xoff = static_cast<JDIMENSION>(want_x0);
+    JDIMENSION width = static_cast<JDIMENSION>(want_x1 - want_x0);
+    if (xoff != 0 || width != cinfo.output_width) jpeg_crop_scanline(&cinfo, &xoff, &width);
+    const size_t skip_cols = static_cast<size_t>(roi.x) - xoff;
+    const bool direct = skip_cols == 0 && width == JDIMENSION(roi.w) && dec_c == out_c;
+    if (!direct) s.row.resize(size_t(width) * dec_c);
+    if (roi.y > 0) jpeg_skip_scanlines(&cinfo, static_cast<JDIMENSION>(roi.y));
+    for (int y = 0; y < roi.h; ++y) {
+      uint8_t* out = dst + size_t(y) * dst_stride;
+      JSAMPROW rowptr = direct ? out : s.row.data();
+      if (jpeg_read_scanlines(&cinfo, &rowptr, 1) != 1) {
+        std::snprintf(s.err.message, sizeof(s.err.message), "decoder returned no row");
+        std::longjmp(s.err.jump, 1);
+      }
+      if (direct) continue;
+      const uint8_t* in = s.row.data() + skip_cols * dec_c;
+      if (cmyk) {
+        if (out_c == 3) {
+          cmyk_row_to_rgb(in, roi.w, out);
+        } else {
+          // CMYK -> RGB -> L, as PIL's convert("L") after its CMYK->RGB step.
+          uint8_t rgb[3 * 64];
+          for (int x0 = 0; x0 < roi.w; x0 += 64) {
+            int n = std::min(64, roi.w - x0);
+            cmyk_row_to_rgb(in + size_t(x0) * 4, n, rgb);
+            rgb_row_to_gray(rgb, n, out + x0);
+          }
+        }
+      } else if (dec_c == 3 && out_c == 1) {
+        rgb_row_to_gray(in, roi.w, out);
+      } else {
+        std::memcpy(out, in, size_t(roi.w) * out_c);
+      }
+    }
+    jpeg_abort_decompress(&cinfo);
+  });
+}
+
+JpegDecoder& thread_decoder() {
+  thread_local JpegDecoder decoder;
+  return decoder;
+}
+
+Rect unorient_rect(Rect r, int w, int h, int o) {
+  switch (o) {
+    case 2: return {w - r.x - r.w, r.y, r.w, r.h};
+    case 3: return {w - r.x - r.w, h - r.y - r.h, r.w, r.h};
+    case 4: return {r.x, h - r.y - r.h, r.w, r.h};
+    case 5: return {r.y, r.x, r.h, r.w};
+    case 6: return {r.y, h - r.x - r.w, r.h, r.w};
+    case 7: return {w - r.y - r.h, h - r.x - r.w, r.h, r.w};
+    case 8: return {w - r.y - r.h, r.x, r.h, r.w};
+    default: return r;
+  }
+}
+
+void orient_image(const uint8_t* src, int w, int h, int c, int o, uint8_t* dst) {
+  const bool swap = orientation_swaps_axes(o);
+  const int ow = swap ? h : w, oh = swap ? w : h;
+  for (int oy = 0; oy < oh; ++oy) {
+    uint8_t* out = dst + size_t(oy) * ow * c;
+    for (int ox = 0; ox < ow; ++ox, out += c) {
+      int sx, sy;
+      switch (o) {
+        case 2: sx = w - 1 - ox; sy = oy; break;
+        case 3: sx = w - 1 - ox; sy = h - 1 - oy; break;
+        case 4: sx = ox; sy = h - 1 - oy; break;
+        case 5: sx = oy; sy = ox; break;
+        case 6: sx = oy; sy = h - 1 - ox; break;
+        case 7: sx = w - 1 - oy; sy = h - 1 - ox; break;
+        case 8: sx = w - 1 - oy; sy = ox; break;
+        default: sx = ox; sy = oy; break;
+      }
+      std::memcpy(out, src + (size_t(sy) * w + sx) * c, c);
+    }
+  }
+}
+
+}  // namespace fastloader

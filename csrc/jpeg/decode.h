@@ -1,0 +1,81 @@
+// JPEG decoding on libjpeg-turbo's libjpeg API: header probe, DCT-domain scaling (M/8),
+// decode of a region of interest, EXIF orientation. Torch-free.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace fastloader {
+
+// Any failure to read a JPEG: corrupt or truncated data, limits exceeded, bad arguments.
+struct JpegError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+enum class ColorMode { RGB = 0, Gray = 1 };
+
+inline int channels_of(ColorMode mode) { return mode == ColorMode::RGB ? 3 : 1; }
+
+struct JpegInfo {
+  int width = 0;   // as stored, before EXIF orientation
+  int height = 0;
+  int components = 0;
+  bool progressive = false;
+  int orientation = 1;  // EXIF orientation 1..8 (1 when absent or not asked for)
+};
+
+struct DecodeLimits {
+  int64_t max_pixels = 178956970;  // PIL's decompression-bomb error threshold
+  int max_scans = 500;             // a hostile progressive file can carry millions of scans
+};
+
+// Rectangle in pixels, [x, x + w) x [y, y + h).
+struct Rect {
+  int x = 0, y = 0, w = 0, h = 0;
+};
+
+// Width or height of an image of `size` pixels decoded at scale num/8 (libjpeg's rule).
+inline int scaled_dim(int size, int num) { return static_cast<int>((int64_t(size) * num + 7) / 8); }
+
+// One decoder per thread, reused across images (libjpeg's state is not thread-safe).
+class JpegDecoder {
+ public:
+  JpegDecoder();
+  ~JpegDecoder();
+  JpegDecoder(const JpegDecoder&) = delete;
+  JpegDecoder& operator=(const JpegDecoder&) = delete;
+
+  // Reads the header (and the EXIF orientation when asked); checks the limits.
+  JpegInfo open(const uint8_t* data, size_t size, bool read_orientation, const DecodeLimits& limits);
+
+  // Decodes `roi` (in the coordinates of the image scaled by scale_num/8, before EXIF
+  // orientation) into dst, rows dst_stride bytes apart. open() must come first; each
+  // open() allows one decode().
+  void decode(ColorMode mode, int scale_num, Rect roi, uint8_t* dst, size_t dst_stride);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// The decoder of the calling thread.
+JpegDecoder& thread_decoder();
+
+// True when the bytes start like a JPEG (SOI marker).
+inline bool looks_like_jpeg(const uint8_t* data, size_t size) {
+  return size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF;
+}
+
+// EXIF orientation helpers (values 1..8 as in the EXIF spec and PIL's exif_transpose).
+inline bool orientation_swaps_axes(int orientation) { return orientation >= 5 && orientation <= 8; }
+
+// Maps a rectangle of the oriented image back to the stored image of size (w, h).
+Rect unorient_rect(Rect r, int w, int h, int orientation);
+
+// Writes the stored image src (w x h x c) oriented into dst (its size swapped for 5..8).
+void orient_image(const uint8_t* src, int w, int h, int c, int orientation, uint8_t* dst);
+
+}  // namespace fastloader

@@ -1,0 +1,42 @@
+"""Builds fastloader._C: a CppExtension always; CUDA sources only when the installed torch
+has CUDA and nvcc is found (FASTLOADER_FORCE_CPU=1 turns them off)."""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+from torch.utils import cpp_extension
+
+
+def cuda_sources() -> list[str]:
+    import torch
+
+    if os.environ.get("FASTLOADER_FORCE_CPU") == "1" or torch.version.cuda is None:
+        return []
+    if cpp_extension.CUDA_HOME is None and shutil.which("nvcc") is None:
+        return []
+    return sorted(glob.glob("csrc/cuda/*.cu"))
+
+
+sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+cu = cuda_sources()
+cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+common = dict(
+    name="fastloader._C",
+    libraries=["jpeg", "gomp"],
+    extra_link_args=["-fopenmp"],
+)
+if cu:
+    ext = cpp_extension.CUDAExtension(
+        sources=sources + cu,
+        define_macros=[("FASTLOADER_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+        **common,
+    )
+else:
+    ext = cpp_extension.CppExtension(sources=sources, extra_compile_args=cxx_flags, **common)
+
+setup(
+    ext_modules=[ext],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},  # ninja when installed: parallel, incremental
+)
