@@ -17,22 +17,38 @@ struct Scratch {
 };
 
 // The output is written from one value table per channel: out = table[c][pixel].
-template <typename T>
-void write_sample(const uint8_t* pixels, const BatchSpec& spec, bool flip, const T* table, T* out) {
-  const int C = channels_of(spec.mode), W = spec.out_w, H = spec.out_h;
+template <typename T, int C, bool kNHWC>
+void write_sample(const uint8_t* pixels, int H, int W, bool flip, const T* table, T* out) {
   for (int y = 0; y < H; ++y) {
     const uint8_t* row = pixels + size_t(y) * W * C;
-    for (int x = 0; x < W; ++x) {
-      const uint8_t* px = row + size_t(flip ? W - 1 - x : x) * C;
+    if constexpr (kNHWC) {
+      T* dst = out + size_t(y) * W * C;
+      for (int x = 0; x < W; ++x) {
+        const uint8_t* px = row + size_t(flip ? W - 1 - x : x) * C;
+        for (int c = 0; c < C; ++c) dst[x * C + c] = table[c * 256 + px[c]];
+      }
+    } else {
       for (int c = 0; c < C; ++c) {
-        const T v = table[c * 256 + px[c]];
-        if (spec.layout == Layout::NHWC)
-          out[(size_t(y) * W + x) * C + c] = v;
+        T* dst = out + (size_t(c) * H + y) * W;
+        const T* tc = table + c * 256;
+        if (flip)
+          for (int x = 0; x < W; ++x) dst[x] = tc[row[(W - 1 - x) * C + c]];
         else
-          out[(size_t(c) * H + y) * W + x] = v;
+          for (int x = 0; x < W; ++x) dst[x] = tc[row[x * C + c]];
       }
     }
   }
+}
+
+template <typename T>
+void write_sample(const uint8_t* pixels, const BatchSpec& spec, bool flip, const T* table, T* out) {
+  const int H = spec.out_h, W = spec.out_w;
+  const bool nhwc = spec.layout == Layout::NHWC;
+  if (spec.mode == ColorMode::RGB)
+    nhwc ? write_sample<T, 3, true>(pixels, H, W, flip, table, out)
+         : write_sample<T, 3, false>(pixels, H, W, flip, table, out);
+  else
+    write_sample<T, 1, true>(pixels, H, W, flip, table, out);  // one channel: same layout
 }
 
 struct OutputTables {
@@ -109,15 +125,19 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
     std::fill(s.resized.begin(), s.resized.end(), 0);
     return;
   }
-  const uint8_t* pixels;
-  size_t stride;
+  // The ROI's pixels, packed, with the spare bytes resample_u8 reads past the end.
+  constexpr size_t kSpare = 8;
+  const size_t row_bytes = size_t(roi.w) * C;
+  const uint8_t* pixels = s.roi.data();
   if (raw) {
-    pixels = src.data + (size_t(roi.y) * w + roi.x) * C;
-    stride = size_t(w) * C;
+    s.roi.resize(row_bytes * roi.h + kSpare);
+    for (int y = 0; y < roi.h; ++y)
+      std::memcpy(&s.roi[y * row_bytes], src.data + (size_t(roi.y + y) * w + roi.x) * C, row_bytes);
+    pixels = s.roi.data();
   } else {
     const bool swap = orientation_swaps_axes(orientation);
     const Rect stored = unorient_rect(roi, swap ? sh : sw, swap ? sw : sh, orientation);
-    s.roi.resize(size_t(stored.w) * stored.h * C);
+    s.roi.resize(row_bytes * roi.h + kSpare);
     dec.decode(spec.mode, scale, stored, s.roi.data(), size_t(stored.w) * C);
     pixels = s.roi.data();
     if (orientation != 1) {
@@ -125,17 +145,18 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
       orient_image(s.roi.data(), stored.w, stored.h, C, orientation, s.oriented.data());
       pixels = s.oriented.data();
     }
-    stride = size_t(roi.w) * C;
   }
   s.ax.rebase(s.ax.src_lo);
   s.ay.rebase(s.ay.src_lo);
-  resample_u8(pixels, stride, C, s.ax, s.ay, s.resized.data(), s.tmp);
+  resample_u8(pixels, row_bytes, C, s.ax, s.ay, s.resized.data(), s.tmp);
 }
 
 }  // namespace
 
 int choose_dct_scale(int width, int height, const SampleGeometry& g) {
-  for (int k = 1; k < 8; ++k) {
+  // Only 1/8, 1/4 and 1/2: libjpeg-turbo has fast reduced IDCTs for those, while 3/8..7/8
+  // use generic ones that are slower than a full-size decode.
+  for (int k : {1, 2, 4}) {
     const double rx = double(scaled_dim(width, k)) / width;
     const double ry = double(scaled_dim(height, k)) / height;
     if ((g.x1 - g.x0) * rx >= g.resize_w && (g.y1 - g.y0) * ry >= g.resize_h) return k;

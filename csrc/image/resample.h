@@ -1,7 +1,8 @@
-// Antialiased bilinear resampling, the same arithmetic as PIL's ImagingResample
-// (triangle filter widened by the downscale factor, 22-bit fixed-point coefficients,
-// horizontal pass then vertical pass, uint8 in between), so a full-scale crop + resize
-// matches PIL's bit for bit. Torch-free.
+// Antialiased bilinear resampling with PIL's filter (a triangle widened by the downscale
+// factor, fixed-point coefficients, uint8 between the two passes). Like PIL-SIMD we use
+// 14-bit coefficients so SIMD multiplies two taps at once, and we run the costly
+// horizontal pass on whichever of source and output has fewer rows: results stay within
+// a level or so of PIL's. Torch-free.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -16,7 +17,7 @@ struct ResampleAxis {
   int ksize = 0;
   std::vector<int> first;       // first source index of each output
   std::vector<int> taps;        // number of taps of each output
-  std::vector<int32_t> coeffs;  // out_count x ksize
+  std::vector<int16_t> coeffs;  // out_count x ksize, fixed point
   int src_lo = 0, src_hi = 0;   // source range any output uses (empty when lo == hi)
 
   void build(double in0, double in1, int clip0, int clip1, int out_size, int out_offset,
@@ -27,7 +28,7 @@ struct ResampleAxis {
 };
 
 // Resamples src (rows src_stride bytes apart, `channels` interleaved, covering the source
-// ranges of both axes) into dst (ax.out_count() x ay.out_count() x channels, packed).
+// ranges of both axes, 8 readable bytes past the last pixel) into dst (ax.out_count() x ay.out_count() x channels, packed).
 // tmp is scratch that keeps its capacity between calls.
 void resample_u8(const uint8_t* src, size_t src_stride, int channels, const ResampleAxis& ax,
                  const ResampleAxis& ay, uint8_t* dst, std::vector<uint8_t>& tmp);

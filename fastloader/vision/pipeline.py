@@ -12,6 +12,7 @@ import torch
 from .. import _C
 from ..errors import DecodeError
 from ._buffers import as_byte_buffer, is_jpeg
+from ._output import OutputPool
 from .decode import DEFAULT_MAX_PIXELS, MAX_SCANS, decode_with_pil, mode_code
 from .transforms import CenterCrop, Normalize, RandomHorizontalFlip, RandomResizedCrop, Resize, ToDtype
 
@@ -114,6 +115,9 @@ class ImagePipeline:
     the same batch whatever the thread count. With ``on_error="skip"`` a call returns
     ``(batch_of_valid_samples, valid_mask)``; with ``"raise"`` (default) just the batch, and
     the first bad sample raises :class:`fastloader.DecodeError` naming its index and key.
+
+    Batches are written into buffers the pipeline reuses once the caller has dropped every
+    reference to an earlier batch (tensor, view or numpy array), or into ``out=``.
     """
 
     def __init__(
@@ -150,6 +154,7 @@ class ImagePipeline:
         if pin_memory and not self.pin_memory:
             warnings.warn("pin_memory=True but no CUDA device is available: batches are not pinned")
         self.lut = _value_table(self.plan, self.channels)
+        self._pool = OutputPool()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -241,7 +246,7 @@ class ImagePipeline:
     def _output(self, n: int, out: torch.Tensor | None) -> torch.Tensor:
         shape = self.output_shape(n)
         if out is None:
-            return torch.empty(shape, dtype=self.dtype, pin_memory=self.pin_memory)
+            return self._pool.get(shape, self.dtype, self.pin_memory)
         if tuple(out.shape) != shape or out.dtype != self.dtype or not out.is_contiguous() or out.device.type != "cpu":
             raise ValueError(
                 f"out must be a contiguous CPU {self.dtype} tensor of shape {shape}, "

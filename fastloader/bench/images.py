@@ -1,0 +1,174 @@
+"""Image pipeline benchmark: decode + RandomResizedCrop(224) + flip + normalize to a float
+batch, three ways in one run:
+
+(a) the torchvision-equivalent PIL pipeline (PIL decode, PIL crop + bilinear resize, flip,
+    ToTensor, Normalize, stack), one process per core, like DataLoader workers;
+(b) fastloader's fused ImagePipeline, one call per batch, num_threads = cores;
+(c) bare full-resolution libjpeg-turbo decode (the usual ceiling), one thread per core.
+
+Prints images/s, images/s per core and the ratios (b)/(a) and (b)/(c); medians of repeats.
+"""
+from __future__ import annotations
+
+import io
+import math
+import multiprocessing as mp
+import random
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+SIZE = 224
+
+_WORKER_IMAGES: list[bytes] = []
+
+
+# ---- (a) the torchvision recipe on PIL, written out (torchvision cannot be installed here)
+
+def _rrc_params(width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
+    area = height * width
+    log_ratio = (math.log(3 / 4), math.log(4 / 3))
+    for _ in range(10):
+        target_area = area * rng.uniform(0.08, 1.0)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    return 0, 0, height, width
+
+
+def pil_sample(data: bytes, rng: random.Random, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    top, left, h, w = _rrc_params(img.width, img.height, rng)
+    img = img.crop((left, top, left + w, top + h)).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    t = torch.from_numpy(np.array(img, np.uint8, copy=True)).view(SIZE, SIZE, 3)
+    t = t.permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+    return t.sub_(mean).div_(std)
+
+
+def _pil_batches(lo: int, hi: int, batch_size: int = 64) -> int:
+    torch.set_num_threads(1)
+    rng = random.Random(lo)
+    mean, std = torch.tensor(MEAN).view(-1, 1, 1), torch.tensor(STD).view(-1, 1, 1)
+    done = 0
+    for start in range(lo, hi, batch_size):
+        chunk = _WORKER_IMAGES[start : min(hi, start + batch_size)]
+        torch.stack([pil_sample(d, rng, mean, std) for d in chunk])
+        done += len(chunk)
+    return done
+
+
+def run_pil(images: list[bytes], cores: int) -> float:
+    global _WORKER_IMAGES
+    _WORKER_IMAGES = images
+    n = len(images)
+    bounds = [(n * i // cores, n * (i + 1) // cores) for i in range(cores)]
+    if cores == 1:
+        t = time.perf_counter()
+        _pil_batches(0, n)
+        return n / (time.perf_counter() - t)
+    with mp.get_context("fork").Pool(cores) as pool:
+        pool.starmap(_pil_batches, [(0, 1)] * cores)  # warm the workers
+        t = time.perf_counter()
+        pool.starmap(_pil_batches, bounds)
+        return n / (time.perf_counter() - t)
+
+
+# ---- (b) fastloader
+
+def make_pipeline(threads: int):
+    from fastloader.vision import ImagePipeline, Normalize, RandomHorizontalFlip, RandomResizedCrop, ToDtype
+
+    return ImagePipeline(
+        [RandomResizedCrop(SIZE), RandomHorizontalFlip(), ToDtype(torch.float32, scale=True), Normalize(MEAN, STD)],
+        num_threads=threads,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def run_fastloader(images: list[bytes], cores: int, batch_size: int = 128) -> float:
+    pipeline = make_pipeline(cores)
+    pipeline(images[:batch_size])  # warm the threads and buffers
+    t = time.perf_counter()
+    for start in range(0, len(images), batch_size):
+        pipeline(images[start : start + batch_size])
+    return len(images) / (time.perf_counter() - t)
+
+
+# ---- (c) bare full decode
+
+def run_bare_decode(images: list[bytes], cores: int) -> float:
+    from fastloader import _C
+
+    def work(chunk: list[bytes]) -> None:
+        for d in chunk:
+            _C.decode_jpeg(d, 0, 8, False, 1 << 40, 1 << 30)
+
+    chunks = [images[i::cores] for i in range(cores)]
+    with ThreadPoolExecutor(cores) as pool:
+        list(pool.map(work, [c[:8] for c in chunks]))
+        t = time.perf_counter()
+        list(pool.map(work, chunks))
+        return len(images) / (time.perf_counter() - t)
+
+
+@dataclass
+class Row:
+    name: str
+    cores: int
+    rates: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+
+def run(n: int = 2000, cores_list: tuple[int, ...] = (1, 2), repeats: int = 3, printer=print) -> list[Row]:
+    from .datasets import imagenet_like
+
+    paths = imagenet_like(n)
+    images = [p.read_bytes() for p in paths]
+    printer(f"dataset: {n} JPEGs, mean {np.mean([len(b) for b in images]) / 1024:.0f} KiB, "
+            f"~500x375 q90 4:2:0, from the photos bundled with scikit-image/scikit-learn")
+    printer(f"task: decode + RandomResizedCrop({SIZE}) + flip + normalize -> float32 NCHW batch; "
+            f"median of {repeats} runs")
+    rows = []
+    runners = (("(a) PIL/torchvision recipe", run_pil), ("(b) fastloader ImagePipeline", run_fastloader),
+               ("(c) bare libjpeg-turbo decode", run_bare_decode))
+    for cores in cores_list:
+        for name, fn in runners:
+            rows.append(Row(name, cores, [fn(images, cores) for _ in range(repeats)]))
+    printer("")
+    printer(f"{'pipeline':32s} {'cores':>5s} {'img/s':>8s} {'img/s/core':>10s} {'vs (a)':>7s} {'vs (c)':>7s}")
+    for cores in cores_list:
+        group = {r.name[:3]: r for r in rows if r.cores == cores}
+        for r in (x for x in rows if x.cores == cores):
+            printer(f"{r.name:32s} {cores:5d} {r.median:8.0f} {r.median / cores:10.0f} "
+                    f"{r.median / group['(a)'].median:6.2f}x {r.median / group['(c)'].median:6.2f}x")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="bench_images", description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=2000, help="number of JPEGs (default 2000)")
+    p.add_argument("--cores", default="1,2", help="comma-separated core counts (default 1,2)")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    run(args.n, tuple(int(c) for c in args.cores.split(",")), args.repeats)
+
+
+if __name__ == "__main__":
+    main()
