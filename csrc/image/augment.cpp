@@ -118,7 +118,7 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
   const int clip_h = std::min(sh, int(std::ceil(by1))) - fy;
   s.ax.build(bx0 - fx, bx1 - fx, 0, clip_w, g.resize_w, g.win_x, spec.out_w);
   s.ay.build(by0 - fy, by1 - fy, 0, clip_h, g.resize_h, g.win_y, spec.out_h);
-  s.resized.resize(size_t(spec.out_w) * spec.out_h * C);
+  s.resized.resize(size_t(spec.out_w) * spec.out_h * C + 4);  // + resample_u8's spare bytes
   const Rect roi{fx + s.ax.src_lo, fy + s.ay.src_lo, s.ax.src_hi - s.ax.src_lo,
                  s.ay.src_hi - s.ay.src_lo};
   if (roi.w <= 0 || roi.h <= 0) {  // the window is all padding
@@ -138,7 +138,7 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
     const bool swap = orientation_swaps_axes(orientation);
     const Rect stored = unorient_rect(roi, swap ? sh : sw, swap ? sw : sh, orientation);
     s.roi.resize(row_bytes * roi.h + kSpare);
-    dec.decode(spec.mode, scale, stored, s.roi.data(), size_t(stored.w) * C);
+    dec.decode(spec.mode, scale, stored, s.roi.data(), size_t(stored.w) * C, spec.fast_idct);
     pixels = s.roi.data();
     if (orientation != 1) {
       s.oriented.resize(s.roi.size());

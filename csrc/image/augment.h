@@ -44,6 +44,7 @@ struct BatchSpec {
   const float* lut = nullptr;  // channels x 256 values for float outputs (null: value as is)
   bool apply_orientation = false;
   bool dct_scaling = true;
+  bool fast_idct = false;
   DecodeLimits limits;
   int num_threads = 1;
 };

@@ -22,6 +22,11 @@ inline double triangle(double x) {
   return x < 1.0 ? 1.0 - x : 0.0;
 }
 
+// Taps t and t + 1 as the int16 pair pmaddwd multiplies by.
+inline int32_t tap_pair(const int16_t* k, int t) {
+  return int32_t(uint16_t(k[t])) | (int32_t(k[t + 1]) << 16);
+}
+
 inline uint8_t clip8(int32_t v) {
   v >>= kPrecisionBits;
   return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
@@ -70,6 +75,8 @@ void ResampleAxis::build(double in0, double in1, int clip0, int clip1, int out_s
     src_hi = std::max(src_hi, xmin + xmax);
   }
   if (src_lo >= src_hi) src_lo = src_hi = clip0;
+  for (int i = 0; i < out_count; ++i)
+    if (taps[i] == 0) first[i] = src_lo;  // padding: keep its (unused) pointer in range
 }
 
 void ResampleAxis::rebase(int origin) {
@@ -78,8 +85,20 @@ void ResampleAxis::rebase(int origin) {
   src_hi -= origin;
 }
 
+#if defined(__AVX2__)
+// 16 bytes of rows a and b, times (ka, kb), added to the 16 int32 sums in lo/hi.
+static inline void madd_rows(const uint8_t* a, const uint8_t* b, __m256i kk, __m256i& lo,
+                             __m256i& hi) {
+  const __m256i wa = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
+  const __m256i wb = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+  // unpack works within 128-bit lanes: lo holds elements 0-3 and 8-11, hi 4-7 and 12-15.
+  lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(wa, wb), kk));
+  hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(wa, wb), kk));
+}
+#endif
+
 // dst row y = sum over taps t of src row (first[y] + t) * coeff, element-wise over
-// row_elems bytes: contiguous, so the compiler vectorizes it.
+// row_elems contiguous bytes.
 static void vertical_pass(const uint8_t* src, size_t src_stride, size_t row_elems,
                           const ResampleAxis& ay, uint8_t* dst) {
   constexpr size_t kChunk = 512;
@@ -89,7 +108,27 @@ static void vertical_pass(const uint8_t* src, size_t src_stride, size_t row_elem
     const uint8_t* rows = src + ptrdiff_t(ay.first[y]) * ptrdiff_t(src_stride);
     const int taps = ay.taps[y];
     uint8_t* out = dst + size_t(y) * row_elems;
-    for (size_t i0 = 0; i0 < row_elems; i0 += kChunk) {
+    size_t done = 0;
+#if defined(__AVX2__)
+    // Two taps per pmaddwd, 16 bytes at a time. An odd last tap pairs with a zero
+    // coefficient on the same row, so no row past the taps is read.
+    for (; done + 16 <= row_elems; done += 16) {
+      __m256i lo = _mm256_set1_epi32(kHalf), hi = lo;
+      for (int t = 0; t < taps; t += 2) {
+        const uint8_t* a = rows + size_t(t) * src_stride + done;
+        const bool pair = t + 1 < taps;
+        madd_rows(a, pair ? a + src_stride : a, _mm256_set1_epi32(pair ? tap_pair(k, t) : uint16_t(k[t])),
+                  lo, hi);
+      }
+      lo = _mm256_srai_epi32(lo, kPrecisionBits);
+      hi = _mm256_srai_epi32(hi, kPrecisionBits);
+      const __m256i words = _mm256_packs_epi32(lo, hi);  // back in element order per lane
+      const __m256i bytes = _mm256_packus_epi16(words, words);
+      const __m256i ordered = _mm256_permute4x64_epi64(bytes, 0x08);  // qwords 0 and 2
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + done), _mm256_castsi256_si128(ordered));
+    }
+#endif
+    for (size_t i0 = done; i0 < row_elems; i0 += kChunk) {
       const size_t m = std::min(kChunk, row_elems - i0);
       for (size_t i = 0; i < m; ++i) acc[i] = kHalf;
       for (int t = 0; t < taps; ++t) {
@@ -103,36 +142,75 @@ static void vertical_pass(const uint8_t* src, size_t src_stride, size_t row_elem
 }
 
 // Horizontal pass over interleaved pixels. For RGB, two taps per pmaddwd: an 8-byte load
-// holds pixels t and t + 1, a shuffle pairs their channels as 16-bit values. Source rows
-// need 8 readable bytes past their last pixel.
+// holds pixels t and t + 1, a shuffle pairs their channels as 16-bit values; with AVX2 two
+// output pixels share one register. Coefficients past an output's taps are 0, and source
+// rows need 8 readable bytes past their last pixel.
+#if defined(__SSSE3__)
+static inline __m128i pair_channels() {
+  return _mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1);
+}
+
+// Writes 4 bytes: the 4th is overwritten by the next pixel or lands in the spare byte.
+static inline void store_rgb(__m128i acc, uint8_t* out) {
+  acc = _mm_srai_epi32(acc, kPrecisionBits);
+  acc = _mm_packs_epi32(acc, acc);
+  _mm_storeu_si32(out, _mm_packus_epi16(acc, acc));
+}
+
+static inline void rgb_pixel(const uint8_t* s, const int16_t* k, int taps, uint8_t* out) {
+  __m128i acc = _mm_set1_epi32(kHalf);
+  for (int t = 0; t < taps; t += 2, s += 6) {
+    const __m128i pix = _mm_shuffle_epi8(
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s)), pair_channels());
+    acc = _mm_add_epi32(acc, _mm_madd_epi16(pix, _mm_set1_epi32(tap_pair(k, t))));
+  }
+  store_rgb(acc, out);
+}
+#endif
+
+#if defined(__AVX2__)
+static inline void rgb_pixel_pair(const uint8_t* s0, const uint8_t* s1, const int16_t* k0,
+                                  const int16_t* k1, int taps, uint8_t* out) {
+  const __m256i shuffle = _mm256_broadcastsi128_si256(pair_channels());
+  __m256i acc = _mm256_set1_epi32(kHalf);
+  for (int t = 0; t < taps; t += 2, s0 += 6, s1 += 6) {
+    const __m256i pix = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s0))),
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s1)), 1);
+    const __m256i kk = _mm256_inserti128_si256(_mm256_set1_epi32(tap_pair(k0, t)),
+                                               _mm_set1_epi32(tap_pair(k1, t)), 1);
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_shuffle_epi8(pix, shuffle), kk));
+  }
+  store_rgb(_mm256_castsi256_si128(acc), out);
+  store_rgb(_mm256_extracti128_si256(acc, 1), out + 3);
+}
+#endif
+
 template <int C>
 static void horizontal_pass(const uint8_t* src, size_t src_stride, int rows,
                             const ResampleAxis& ax, uint8_t* dst) {
   const int out_w = ax.out_count();
-#if defined(__SSSE3__)
-  const __m128i pair_channels =
-      _mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1);
-#endif
+  const size_t ks = size_t(ax.ksize);
   for (int y = 0; y < rows; ++y) {
     const uint8_t* in = src + size_t(y) * src_stride;
     uint8_t* out = dst + size_t(y) * out_w * C;
-    for (int x = 0; x < out_w; ++x, out += C) {
+    int x = 0;
+#if defined(__AVX2__)
+    if constexpr (C == 3) {
+      for (; x + 1 < out_w; x += 2) {
+        const int taps = std::max(ax.taps[x], ax.taps[x + 1]);  // the shorter one has zeros
+        rgb_pixel_pair(in + size_t(ax.first[x]) * 3, in + size_t(ax.first[x + 1]) * 3,
+                       &ax.coeffs[x * ks], &ax.coeffs[(x + 1) * ks], taps, out + x * 3);
+      }
+    }
+#endif
+    for (; x < out_w; ++x) {
       const uint8_t* s = in + size_t(ax.first[x]) * C;
-      const int16_t* k = &ax.coeffs[size_t(x) * ax.ksize];
+      const int16_t* k = &ax.coeffs[x * ks];
       const int taps = ax.taps[x];
 #if defined(__SSSE3__)
       if constexpr (C == 3) {
-        __m128i acc = _mm_set1_epi32(kHalf);
-        for (int t = 0; t < taps; t += 2, s += 6) {  // k[taps] is 0 when taps is odd
-          const __m128i pix = _mm_shuffle_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s)),
-                                               pair_channels);
-          const int32_t kk = int32_t(uint16_t(k[t])) | (int32_t(k[t + 1]) << 16);
-          acc = _mm_add_epi32(acc, _mm_madd_epi16(pix, _mm_set1_epi32(kk)));
-        }
-        acc = _mm_srai_epi32(acc, kPrecisionBits);
-        acc = _mm_packs_epi32(acc, acc);
-        const int32_t packed = _mm_cvtsi128_si32(_mm_packus_epi16(acc, acc));
-        std::memcpy(out, &packed, 3);
+        rgb_pixel(s, k, taps, out + x * 3);
         continue;
       }
 #endif
@@ -140,7 +218,7 @@ static void horizontal_pass(const uint8_t* src, size_t src_stride, int rows,
       for (int c = 0; c < C; ++c) acc[c] = kHalf;
       for (int t = 0; t < taps; ++t, s += C)
         for (int c = 0; c < C; ++c) acc[c] += s[c] * k[t];
-      for (int c = 0; c < C; ++c) out[c] = clip8(acc[c]);
+      for (int c = 0; c < C; ++c) out[x * C + c] = clip8(acc[c]);
     }
   }
 }
@@ -167,7 +245,7 @@ void resample_u8(const uint8_t* src, size_t src_stride, int channels, const Resa
     horizontal_any(tmp.data(), row_elems, out_h, channels, ax, dst);
   } else {
     const size_t row_elems = size_t(out_w) * c;
-    tmp.resize(size_t(src_rows) * row_elems);
+    tmp.resize(size_t(src_rows) * row_elems + kSpare);
     horizontal_any(src + size_t(ay.src_lo) * src_stride, src_stride, src_rows, channels, ax,
                    tmp.data());
     ResampleAxis shifted_y = ay;  // its rows now start at tmp's first row

@@ -28,7 +28,8 @@ struct ResampleAxis {
 };
 
 // Resamples src (rows src_stride bytes apart, `channels` interleaved, covering the source
-// ranges of both axes, 8 readable bytes past the last pixel) into dst (ax.out_count() x ay.out_count() x channels, packed).
+// ranges of both axes, 8 readable bytes past the last pixel) into dst (ax.out_count() x
+// ay.out_count() x channels, packed, plus 4 writable spare bytes).
 // tmp is scratch that keeps its capacity between calls.
 void resample_u8(const uint8_t* src, size_t src_stride, int channels, const ResampleAxis& ax,
                  const ResampleAxis& ay, uint8_t* dst, std::vector<uint8_t>& tmp);

@@ -171,7 +171,8 @@ JpegInfo JpegDecoder::open(const uint8_t* data, size_t size, bool read_orientati
   return info;
 }
 
-void JpegDecoder::decode(ColorMode mode, int scale_num, Rect roi, uint8_t* dst, size_t dst_stride) {
+void JpegDecoder::decode(ColorMode mode, int scale_num, Rect roi, uint8_t* dst, size_t dst_stride,
+                         bool fast_idct) {
   State& s = *state_;
   if (!s.opened) throw JpegError("decode() without a successful open()");
   s.opened = false;
@@ -197,7 +198,7 @@ void JpegDecoder::decode(ColorMode mode, int scale_num, Rect roi, uint8_t* dst, 
   guarded(cinfo, s.err, [&] {
     cinfo.scale_num = static_cast<unsigned>(scale_num);
     cinfo.scale_denom = 8;
-    cinfo.dct_method = JDCT_ISLOW;
+    cinfo.dct_method = fast_idct ? JDCT_IFAST : JDCT_ISLOW;
     cinfo.out_color_space = cmyk ? JCS_CMYK : (gray_native ? JCS_GRAYSCALE : JCS_EXT_RGB);
     jpeg_start_decompress(&cinfo);
     JDIMENSION xoff = static_cast<JDIMENSION>(want_x0);

@@ -53,8 +53,10 @@ class JpegDecoder {
 
   // Decodes `roi` (in the coordinates of the image scaled by scale_num/8, before EXIF
   // orientation) into dst, rows dst_stride bytes apart. open() must come first; each
-  // open() allows one decode().
-  void decode(ColorMode mode, int scale_num, Rect roi, uint8_t* dst, size_t dst_stride);
+  // open() allows one decode(). fast_idct trades about a level of accuracy for speed
+  // (libjpeg's JDCT_IFAST); the default matches PIL bit for bit.
+  void decode(ColorMode mode, int scale_num, Rect roi, uint8_t* dst, size_t dst_stride,
+              bool fast_idct = false);
 
  private:
   struct State;

@@ -128,6 +128,7 @@ class ImagePipeline:
         layout: str = "NCHW",
         apply_exif_orientation: bool = False,
         dct_scaling: bool = True,
+        fast_idct: bool = False,
         on_error: str = "raise",
         pin_memory: bool = False,
         num_threads: int | None = None,
@@ -147,6 +148,7 @@ class ImagePipeline:
         self.channels = 3 if mode == "RGB" else 1
         self.apply_exif_orientation = apply_exif_orientation
         self.dct_scaling = dct_scaling
+        self.fast_idct = fast_idct
         self.num_threads = num_threads
         self.generator = generator
         self.max_pixels = max_pixels
@@ -187,7 +189,7 @@ class ImagePipeline:
         batch = self._output(n, out)
         kernel_errors = _C.augment_batch(
             buffers, geometry, flips, batch, self.mode_code, LAYOUTS[self.layout], self.lut,
-            self.apply_exif_orientation, self.dct_scaling, self.max_pixels, MAX_SCANS, threads,
+            self.apply_exif_orientation, self.dct_scaling, self.fast_idct, self.max_pixels, MAX_SCANS, threads,
         )
         errors = [e or k for e, k in zip(errors, kernel_errors)]
         valid = torch.tensor([not e for e in errors], dtype=torch.bool)
