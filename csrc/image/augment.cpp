@@ -111,7 +111,9 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
   if (!raw && spec.dct_scaling) scale = choose_dct_scale(w, h, g);
   // Work in the frame of the scaled image whose origin is the box's first pixel.
   const int sw = scaled_dim(w, scale), sh = scaled_dim(h, scale);
-  const double rx = double(sw) / w, ry = double(sh) / h;
+  // Scaled pixel i holds original pixels [i * 8/k, (i + 1) * 8/k): the ratio is exactly k/8
+  // (only the last, partial block differs).
+  const double rx = scale / 8.0, ry = rx;
   const double bx0 = g.x0 * rx, bx1 = g.x1 * rx, by0 = g.y0 * ry, by1 = g.y1 * ry;
   const int fx = int(std::floor(bx0)), fy = int(std::floor(by0));
   const int clip_w = std::min(sw, int(std::ceil(bx1))) - fx;
@@ -153,13 +155,19 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
 
 }  // namespace
 
+// A DCT-scaled decode filters differently from the bilinear resize (each block keeps its
+// low frequencies exactly): decoding at 1.5x the output size or more keeps every sample
+// above 39 dB PSNR against a full decode + resize on our data, where 1x drops some to 30.
+constexpr double kDctOversample = 1.5;
+
 int choose_dct_scale(int width, int height, const SampleGeometry& g) {
   // Only 1/8, 1/4 and 1/2: libjpeg-turbo has fast reduced IDCTs for those, while 3/8..7/8
   // use generic ones that are slower than a full-size decode.
   for (int k : {1, 2, 4}) {
-    const double rx = double(scaled_dim(width, k)) / width;
-    const double ry = double(scaled_dim(height, k)) / height;
-    if ((g.x1 - g.x0) * rx >= g.resize_w && (g.y1 - g.y0) * ry >= g.resize_h) return k;
+    const double r = k / 8.0;
+    if ((g.x1 - g.x0) * r >= kDctOversample * g.resize_w &&
+        (g.y1 - g.y0) * r >= kDctOversample * g.resize_h)
+      return k;
   }
   return 8;
 }

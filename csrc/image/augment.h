@@ -66,7 +66,7 @@ std::vector<std::string> augment_batch(const std::vector<ImageSource>& images,
                                        const BatchSpec& spec, void* out);
 
 // The DCT scale (k of k/8, k in 1, 2, 4, 8) decode would use: the smallest that keeps the
-// decoded box at least as large as the resized box in both axes.
+// decoded box at least 1.5x as large as the resized box in both axes.
 int choose_dct_scale(int width, int height, const SampleGeometry& g);
 
 }  // namespace fastloader

@@ -90,10 +90,11 @@ void cmyk_row_to_rgb(const uint8_t* in, int n, uint8_t* out) {
   }
 }
 
-// PIL's RGB -> L (ITU-R 601-2 luma, 16-bit fixed point).
+// PIL-SIMD's RGB -> L (ITU-R 601-2 luma in 15-bit fixed point; plain Pillow uses 16 bits
+// and differs in about 0.1% of pixels by one level).
 void rgb_row_to_gray(const uint8_t* in, int n, uint8_t* out) {
   for (int i = 0; i < n; ++i, in += 3)
-    out[i] = static_cast<uint8_t>((in[0] * 19595 + in[1] * 38470 + in[2] * 7471 + 0x8000) >> 16);
+    out[i] = static_cast<uint8_t>((in[0] * 9798 + in[1] * 19235 + in[2] * 3735 + 0x4000) >> 15);
 }
 
 }  // namespace

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fastloader.vision import RandomResizedCrop
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SIZE = 224
@@ -30,25 +32,11 @@ _WORKER_IMAGES: list[bytes] = []
 
 
 # ---- (a) the torchvision recipe on PIL, written out (torchvision cannot be installed here)
-
-def _rrc_params(width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
-    area = height * width
-    log_ratio = (math.log(3 / 4), math.log(4 / 3))
-    for _ in range(10):
-        target_area = area * rng.uniform(0.08, 1.0)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    return 0, 0, height, width
-
-
 def pil_sample(data: bytes, rng: random.Random, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     from PIL import Image
 
     img = Image.open(io.BytesIO(data)).convert("RGB")
-    top, left, h, w = _rrc_params(img.width, img.height, rng)
+    top, left, h, w = RandomResizedCrop.get_params(img.height, img.width, (0.08, 1.0), (3 / 4, 4 / 3), rng)
     img = img.crop((left, top, left + w, top + h)).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
     if rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

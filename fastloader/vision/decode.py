@@ -84,7 +84,7 @@ def decode_with_pil(
                 w, h = img.size
                 size = ((w * scale_k + 7) // 8, (h * scale_k + 7) // 8)
                 img = img.resize(size, Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
+            arr = np.array(img, dtype=np.uint8)  # a writable copy
     except DecodeError:
         raise
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, ...)

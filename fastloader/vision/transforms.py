@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,6 +52,30 @@ class RandomResizedCrop:
                 raise ValueError(f"RandomResizedCrop: {name} must be positive, got {(lo, hi)}")
             if lo > hi:
                 raise ValueError(f"RandomResizedCrop: {name} should be of kind (min, max), got {(lo, hi)}")
+
+    @staticmethod
+    def get_params(
+        height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random
+    ) -> tuple[int, int, int, int]:
+        """torchvision's box sampling, (top, left, height, width), in plain Python: the
+        reference for the compiled sampler (which draws from its own per-sample streams)."""
+        area = height * width
+        log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        for _ in range(10):
+            target_area = area * rng.uniform(scale[0], scale[1])
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+        in_ratio = width / height
+        if in_ratio < min(ratio):
+            w, h = width, int(round(width / min(ratio)))
+        elif in_ratio > max(ratio):
+            w, h = int(round(height * max(ratio))), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,106 @@
+"""Corrupt, truncated, hostile or empty inputs: a DecodeError, never a crash."""
+import io
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _images import encode_jpeg
+from fastloader import DecodeError, decode_jpeg
+from fastloader.vision import CenterCrop, ImagePipeline, RandomResizedCrop
+
+
+@pytest.fixture(scope="module")
+def good(photos):
+    return encode_jpeg(Image.fromarray(photos["chelsea"]), quality=90)
+
+
+def test_empty_input():
+    with pytest.raises(DecodeError, match="empty"):
+        decode_jpeg(b"")
+
+
+def test_not_an_image():
+    with pytest.raises(DecodeError):
+        decode_jpeg(b"this is not an image at all")
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, 0.999])
+def test_truncated_jpeg(good, keep):
+    with pytest.raises(DecodeError):
+        decode_jpeg(good[: int(len(good) * keep)])
+
+
+def test_truncated_progressive(photos):
+    data = encode_jpeg(Image.fromarray(photos["coffee"]), progressive=True)
+    with pytest.raises(DecodeError):
+        decode_jpeg(data[: len(data) // 2])
+
+
+def _with_dimensions(data: bytes, height: int, width: int) -> bytes:
+    """Rewrites the SOF0 marker's dimensions (a header that lies)."""
+    at = data.index(b"\xff\xc0")
+    return data[: at + 5] + struct.pack(">HH", height, width) + data[at + 9 :]
+
+
+def test_header_over_max_pixels_is_rejected_before_allocating(good):
+    hostile = _with_dimensions(good, 60000, 60000)  # 3.6 G pixels, 10 GB of RGB
+    with pytest.raises(DecodeError, match="max_pixels"):
+        decode_jpeg(hostile)
+    with pytest.raises(DecodeError, match="max_pixels"):
+        decode_jpeg(good, max_pixels=1000)
+
+
+def test_pipeline_names_the_bad_sample(good):
+    pipe = ImagePipeline([CenterCrop(64)])
+    with pytest.raises(DecodeError) as info:
+        pipe([good, good[:500], good], keys=["a", "b", "c"])
+    assert info.value.index == 1 and info.value.key == "b"
+    assert "sample 1" in str(info.value) and "'b'" in str(info.value)
+
+
+def test_pipeline_skip_returns_valid_samples(good):
+    pipe = ImagePipeline([CenterCrop(64)], on_error="skip")
+    clean = ImagePipeline([CenterCrop(64)])([good, good])
+    batch, valid = pipe([good, b"", good[:300], 42, good])
+    assert valid.tolist() == [True, False, False, False, True]
+    assert batch.shape[0] == 2
+    assert np.array_equal(batch.numpy(), clean.numpy())
+
+
+def test_random_mutations_of_real_jpegs_never_crash(photos):
+    """1,000 real JPEGs with random bytes overwritten, dropped or duplicated: each decodes
+    or raises DecodeError, through decode_jpeg and the fused pipeline."""
+    rng = np.random.default_rng(7)
+    sources = []
+    for name, img in sorted(photos.items()):
+        pil = Image.fromarray(img).resize((160, 120))
+        sources.append(encode_jpeg(pil, quality=85))
+        sources.append(encode_jpeg(pil, quality=70, progressive=True))
+        sources.append(encode_jpeg(pil, quality=90, subsampling=0, restart_marker_blocks=2))
+    mutated = []
+    for i in range(1000):
+        data = bytearray(sources[i % len(sources)])
+        kind = i % 3
+        for _ in range(int(rng.integers(1, 8))):
+            at = int(rng.integers(2, len(data)))
+            if kind == 0:
+                data[at] = int(rng.integers(0, 256))
+            elif kind == 1:
+                del data[at : at + int(rng.integers(1, 64))]
+            else:
+                data[at:at] = data[at : at + int(rng.integers(1, 64))]
+        mutated.append(bytes(data))
+    outcomes = {"ok": 0, "error": 0}
+    for data in mutated:
+        try:
+            decode_jpeg(data, apply_exif_orientation=True)
+            outcomes["ok"] += 1
+        except DecodeError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 100 and outcomes["ok"] + outcomes["error"] == 1000
+    pipe = ImagePipeline([RandomResizedCrop(64)], on_error="skip", apply_exif_orientation=True)
+    for start in range(0, 1000, 100):
+        batch, valid = pipe(mutated[start : start + 100])
+        assert batch.shape[0] == int(valid.sum())

@@ -1,0 +1,244 @@
+"""The fused ImagePipeline against the same ops done with PIL and torch, one at a time."""
+import io
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from _images import encode_jpeg, pil_decode, psnr
+from fastloader import _C, decode_jpeg
+from fastloader.vision import (
+    CenterCrop, ImagePipeline, Normalize, RandomHorizontalFlip, RandomResizedCrop, Resize, ToDtype,
+)
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def images(jpeg_cases):
+    """The test JPEGs big enough to crop, stored orientation only."""
+    return [c for c in jpeg_cases if min(pil_decode(c.data).shape[:2]) >= 32 and not c.name.startswith("exif")]
+
+
+def pil_resized_crop(data: bytes, box: tuple[int, int, int, int], size: tuple[int, int], mode="RGB") -> np.ndarray:
+    """The torchvision recipe on PIL: full decode, crop (left, top, right, bottom), bilinear resize."""
+    with Image.open(io.BytesIO(data)) as img:
+        out = img.convert(mode).crop(box).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    arr = np.asarray(out)
+    return arr.reshape(arr.shape[0], arr.shape[1], -1)
+
+
+def planned(pipe: ImagePipeline, datas: list[bytes], seed: int):
+    """The crop geometry and flips a call with generator seed `seed` will use."""
+    sizes, _ = _C.probe_images(datas, pipe.apply_exif_orientation, pipe.max_pixels, 500, 1)
+    pipe.generator = torch.Generator().manual_seed(seed)
+    geometry, flips = pipe._geometry(sizes, [True] * len(datas))
+    pipe.generator = torch.Generator().manual_seed(seed)
+    return geometry, flips
+
+
+def test_resize_center_crop_matches_pil_within_one_level(images):
+    pipe = ImagePipeline([Resize(256), CenterCrop(224)], layout="NHWC", dct_scaling=False)
+    batch = pipe([c.data for c in images]).numpy()
+    for case, out in zip(images, batch):
+        with Image.open(io.BytesIO(case.data)) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            rw, rh = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
+            ref = np.asarray(img.resize((rw, rh), Image.Resampling.BILINEAR))
+        top, left = int(round((rh - 224) / 2.0)), int(round((rw - 224) / 2.0))
+        ref = ref[max(top, 0) : top + 224, max(left, 0) : left + 224]
+        if ref.shape != (224, 224, 3):
+            continue  # padded: checked in test_center_crop_pads_like_torchvision
+        assert np.abs(out.astype(int) - ref).max() <= 1, case.name
+
+
+def test_random_resized_crop_matches_pil_crop_and_resize(images):
+    datas = [c.data for c in images]
+    pipe = ImagePipeline([RandomResizedCrop(96), RandomHorizontalFlip()], layout="NHWC", dct_scaling=False)
+    geometry, flips = planned(pipe, datas, seed=3)
+    batch = pipe(datas).numpy()
+    assert 0 < int(flips.sum()) < len(datas)
+    for case, out, g, flip in zip(images, batch, geometry.tolist(), flips.tolist()):
+        ref = pil_resized_crop(case.data, tuple(int(v) for v in g[:4]), (96, 96))
+        if flip:
+            ref = ref[:, ::-1]
+        assert np.abs(out.astype(int) - ref).max() <= 1, case.name
+
+
+def test_dct_scaled_path_psnr_at_least_35db(images):
+    """Small outputs make the pipeline decode at 1/2, 1/4 or 1/8 scale: against PIL's full
+    decode + the same crop + bilinear resize, every image stays above 35 dB."""
+    datas = [c.data for c in images]
+    scales_seen = set()
+    for size, seed in ((8, 4), (16, 0), (32, 1), (64, 2), (112, 3)):
+        pipe = ImagePipeline([RandomResizedCrop(size, scale=(0.3, 1.0))], layout="NHWC")
+        geometry, _ = planned(pipe, datas, seed)
+        batch = pipe(datas).numpy()
+        for case, out, g in zip(images, batch, geometry.tolist()):
+            box = tuple(int(v) for v in g[:4])
+            ref = pil_resized_crop(case.data, box, (size, size))
+            assert psnr(out, ref) >= 35.0, (case.name, size, box, psnr(out, ref))
+            h, w = pil_decode(case.data).shape[:2]
+            scales_seen.add(_dct_scale(w, h, g))
+    assert {1, 2, 4} <= scales_seen, scales_seen
+
+
+def _dct_scale(w: int, h: int, g: list[float]) -> int:
+    """The scale the kernel picks: the smallest k/8 keeping the crop 1.5x the output size."""
+    for k in (1, 2, 4):
+        if (g[2] - g[0]) * k / 8 >= 1.5 * g[4] and (g[3] - g[1]) * k / 8 >= 1.5 * g[5]:
+            return k
+    return 8
+
+
+def test_float_output_matches_torch_ops_on_the_uint8_result(images):
+    datas = [c.data for c in images[:8]]
+    ops = [Resize(160), CenterCrop(128)]
+    u8 = ImagePipeline(ops)(datas)
+    f32 = ImagePipeline(ops + [ToDtype(torch.float32, scale=True), Normalize(MEAN, STD)])(datas)
+    ref = (u8.to(torch.float32) / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    assert f32.dtype == torch.float32 and torch.equal(f32, ref)
+    for dtype in (torch.float16, torch.bfloat16):
+        low = ImagePipeline(ops + [ToDtype(dtype, scale=True), Normalize(MEAN, STD)])(datas)
+        assert low.dtype == dtype and torch.equal(low, ref.to(dtype))
+    unscaled = ImagePipeline(ops + [ToDtype(torch.float32)])(datas)
+    assert torch.equal(unscaled, u8.to(torch.float32))
+
+
+def test_layouts_and_flip(images):
+    datas = [c.data for c in images[:6]]
+    nchw = ImagePipeline([Resize((100, 120))])(datas)
+    nhwc = ImagePipeline([Resize((100, 120))], layout="NHWC")(datas)
+    flipped = ImagePipeline([Resize((100, 120)), RandomHorizontalFlip(p=1.0)])(datas)
+    assert nchw.shape == (6, 3, 100, 120) and nhwc.shape == (6, 100, 120, 3)
+    assert torch.equal(nchw.permute(0, 2, 3, 1), nhwc)
+    assert torch.equal(flipped, nchw.flip(-1))
+
+
+def test_gray_pipeline(images):
+    datas = [c.data for c in images[:4]]
+    gray = ImagePipeline([Resize((64, 64))], mode="L", dct_scaling=False)(datas)
+    assert gray.shape == (4, 1, 64, 64)
+    for data, out in zip(datas, gray):
+        ref = pil_resized_crop(data, (0, 0, *pil_decode(data).shape[1::-1]), (64, 64), mode="L")
+        assert np.abs(out[0].numpy().astype(int) - ref[..., 0]).max() <= 1
+
+
+def test_center_crop_pads_like_torchvision(photos):
+    small = encode_jpeg(Image.fromarray(photos["astronaut"][:40, :50]), quality=95)
+    out = ImagePipeline([CenterCrop((45, 61))], layout="NHWC", dct_scaling=False)([small])[0].numpy()
+    full = decode_jpeg(small).numpy()
+    # torchvision pads (crop - size) // 2 on the top/left, the rest bottom/right, with zeros
+    top, left = (45 - 40) // 2, (61 - 50) // 2
+    assert np.array_equal(out[top : top + 40, left : left + 50], full)
+    assert out[:top].max() == 0 and out[:, :left].max() == 0 and out[top + 40 :].max() == 0
+
+
+def test_roi_decode_is_exact(images):
+    """CenterCrop without resize decodes only the region: same pixels as a full decode."""
+    for case in images:
+        full = pil_decode(case.data)
+        h, w = full.shape[:2]
+        ch, cw = max(1, h // 2 - 3), max(1, w // 3 + 5)
+        out = ImagePipeline([CenterCrop((ch, cw))], layout="NHWC", dct_scaling=False)([case.data])[0].numpy()
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        assert np.array_equal(out, full[top : top + ch, left : left + cw]), case.name
+
+
+def test_exif_orientation_in_the_pipeline(jpeg_cases):
+    oriented = [c for c in jpeg_cases if c.name.startswith("exif-")]
+    datas = [c.data for c in oriented]
+    pipe = ImagePipeline([CenterCrop((100, 90))], layout="NHWC", apply_exif_orientation=True, dct_scaling=False)
+    batch = pipe(datas).numpy()
+    for case, out in zip(oriented, batch):
+        full = decode_jpeg(case.data, apply_exif_orientation=True).numpy()
+        h, w = full.shape[:2]
+        top, left = int(round((h - 100) / 2.0)), int(round((w - 90) / 2.0))
+        assert np.array_equal(out, full[top : top + 100, left : left + 90]), case.name
+
+
+def test_same_seed_same_batch_whatever_the_thread_count(images):
+    datas = [c.data for c in images] * 2
+    ops = [RandomResizedCrop(64), RandomHorizontalFlip(), ToDtype(torch.float32, scale=True)]
+    batches = [
+        ImagePipeline(ops, num_threads=t, generator=torch.Generator().manual_seed(42))(datas) for t in (1, 2, 3)
+    ]
+    assert torch.equal(batches[0], batches[1]) and torch.equal(batches[0], batches[2])
+    other = ImagePipeline(ops, generator=torch.Generator().manual_seed(43))(datas)
+    assert not torch.equal(batches[0], other)
+    torch.manual_seed(5)
+    a = ImagePipeline(ops)(datas).clone()
+    torch.manual_seed(5)
+    assert torch.equal(a, ImagePipeline(ops)(datas))
+
+
+def test_reused_buffers_never_overwrite_a_held_batch(images):
+    datas = [c.data for c in images[:4]]
+    pipe = ImagePipeline([RandomResizedCrop(32)], generator=torch.Generator().manual_seed(0))
+    first = pipe(datas)
+    kept = first.clone()
+    view = pipe(datas)[1:]  # only a view survives
+    for _ in range(6):
+        pipe(datas)
+    assert torch.equal(first, kept)
+    assert view.untyped_storage().data_ptr() not in {b.untyped_storage().data_ptr() for b in [pipe(datas)]}
+    out = torch.empty(pipe.output_shape(4), dtype=torch.uint8)
+    assert pipe(datas, out=out) is out
+
+
+def test_non_jpeg_inputs_in_a_batch(photos):
+    img = Image.fromarray(photos["coffee"][:120, :160])
+    png = io.BytesIO()
+    img.save(png, "PNG")
+    jpeg = encode_jpeg(img, quality=100, subsampling=0)
+    out = ImagePipeline([Resize((60, 80))], layout="NHWC")([png.getvalue(), jpeg])
+    assert psnr(out[0].numpy(), out[1].numpy()) > 35
+
+
+@pytest.mark.parametrize("height,width", [(375, 500), (500, 375), (224, 224), (100, 1000)])
+def test_random_resized_crop_boxes_follow_torchvision(height, width):
+    """Same algorithm as torchvision's get_params (reference in plain Python): boxes in
+    bounds, and the same distribution of area, aspect and position over 20k draws."""
+    n = 20000
+    boxes = _C.sample_resized_crops(torch.tensor([[height, width]] * n), 0.08, 1.0, 3 / 4, 4 / 3, 11).double()
+    rng = random.Random(0)
+    ref = torch.tensor([RandomResizedCrop.get_params(height, width, (0.08, 1.0), (3 / 4, 4 / 3), rng) for _ in range(n)]).double()
+    top, left, h, w = boxes.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
+    for stat in (lambda b: b[:, 2] * b[:, 3] / (height * width), lambda b: b[:, 3] / b[:, 2],
+                 lambda b: b[:, 0] / height, lambda b: b[:, 1] / width):
+        ours, theirs = stat(boxes).sort().values, stat(ref).sort().values
+        assert abs(ours.mean() - theirs.mean()) < 0.01
+        # two-sample Kolmogorov-Smirnov distance
+        grid = torch.cat([ours, theirs])
+        cdf = lambda x: torch.searchsorted(x, grid, right=True).double() / n
+        assert (cdf(ours) - cdf(theirs)).abs().max() < 0.025
+
+
+def test_random_resized_crop_fallback_is_torchvision_center_crop():
+    # 10 x 1000 never fits an aspect ratio in [3/4, 4/3]: the central crop at the max ratio
+    boxes = _C.sample_resized_crops(torch.tensor([[10, 1000]] * 5), 0.08, 1.0, 3 / 4, 4 / 3, 3)
+    expected = RandomResizedCrop.get_params(10, 1000, (0.08, 1.0), (3 / 4, 4 / 3), random.Random(0))
+    assert (boxes == torch.tensor(expected)).all()
+
+
+def test_fusing_rules():
+    with pytest.raises(ValueError, match="ToDtype"):
+        ImagePipeline([CenterCrop(8), Normalize(MEAN, STD)])
+    with pytest.raises(ValueError, match="output size"):
+        ImagePipeline([Resize(256)])
+    with pytest.raises(TypeError, match="cannot fuse"):
+        ImagePipeline([CenterCrop(8), object()])
+    with pytest.raises(ValueError, match="std"):
+        Normalize(MEAN, (0.2, 0.0, 0.1))
+    with pytest.raises(ValueError, match="min, max"):
+        RandomResizedCrop(224, scale=(1.0, 0.5))
+    with pytest.raises(ValueError, match="bilinear"):
+        Resize(10, interpolation="nearest")
+    pipe = ImagePipeline([RandomResizedCrop(224), ToDtype(torch.bfloat16, scale=True)], layout="NHWC")
+    assert pipe.output_shape(8) == (8, 224, 224, 3) and pipe.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="out must be"):
+        pipe([b""], out=torch.empty(1, 3, 224, 224))
