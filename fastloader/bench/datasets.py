@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,15 @@ SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 def cache_dir() -> Path:
     root = os.environ.get("FASTLOADER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastloader")
     return Path(root)
+
+
+def _progress(items: list, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(desc, file=sys.stderr)
+        return items
+    return tqdm(items, desc=desc, unit="img", file=sys.stderr)
 
 
 def bundled_photos() -> dict[str, np.ndarray]:
@@ -52,7 +62,7 @@ def imagenet_like(n: int = 2000, *, seed: int = 0, quality: int = 90) -> list[Pa
     out.mkdir(parents=True, exist_ok=True)
     photos = list(bundled_photos().values())
     rng = np.random.default_rng(seed)
-    for path in paths:
+    for path in _progress(paths, f"building {n} benchmark JPEGs in {out}"):
         src = photos[rng.integers(len(photos))]
         h, w = src.shape[:2]
         frac = rng.uniform(0.35, 1.0)

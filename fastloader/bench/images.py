@@ -15,6 +15,7 @@ import math
 import multiprocessing as mp
 import random
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -148,14 +149,9 @@ def run(n: int = 2000, cores_list: tuple[int, ...] = (1, 2), repeats: int = 3, p
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
+    from ..cli import main as cli_main
 
-    p = argparse.ArgumentParser(prog="bench_images", description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=2000, help="number of JPEGs (default 2000)")
-    p.add_argument("--cores", default="1,2", help="comma-separated core counts (default 1,2)")
-    p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args(argv)
-    run(args.n, tuple(int(c) for c in args.cores.split(",")), args.repeats)
+    cli_main(["bench", "images", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
