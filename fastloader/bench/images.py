@@ -4,9 +4,12 @@ batch, three ways in one run:
 (a) the torchvision-equivalent PIL pipeline (PIL decode, PIL crop + bilinear resize, flip,
     ToTensor, Normalize, stack), one process per core, like DataLoader workers;
 (b) fastloader's fused ImagePipeline, one call per batch, num_threads = cores;
-(c) bare full-resolution libjpeg-turbo decode (the usual ceiling), one thread per core.
+(c) bare full-resolution libjpeg-turbo decode (the usual ceiling), one thread per core;
+(d) libjpeg-turbo decode at 1/8 scale: little more than entropy decoding, the part of a
+    decode no crop or scale can skip, so a floor for any libjpeg-turbo pipeline.
 
-Prints images/s, images/s per core and the ratios (b)/(a) and (b)/(c); medians of repeats.
+(b) uses the fast integer IDCT (the pipeline's default); (b') the accurate one, as PIL.
+Prints images/s, images/s per core and the ratios to (a) and (c); medians of repeats.
 """
 from __future__ import annotations
 
@@ -76,18 +79,19 @@ def run_pil(images: list[bytes], cores: int) -> float:
 
 # ---- (b) fastloader
 
-def make_pipeline(threads: int):
-    from fastloader.vision import ImagePipeline, Normalize, RandomHorizontalFlip, RandomResizedCrop, ToDtype
+def make_pipeline(threads: int, fast_idct: bool = True):
+    from fastloader.vision import ImagePipeline, Normalize, RandomHorizontalFlip, ToDtype
 
     return ImagePipeline(
         [RandomResizedCrop(SIZE), RandomHorizontalFlip(), ToDtype(torch.float32, scale=True), Normalize(MEAN, STD)],
         num_threads=threads,
+        fast_idct=fast_idct,
         generator=torch.Generator().manual_seed(0),
     )
 
 
-def run_fastloader(images: list[bytes], cores: int, batch_size: int = 128) -> float:
-    pipeline = make_pipeline(cores)
+def run_fastloader(images: list[bytes], cores: int, batch_size: int = 128, fast_idct: bool = True) -> float:
+    pipeline = make_pipeline(cores, fast_idct)
     pipeline(images[:batch_size])  # warm the threads and buffers
     t = time.perf_counter()
     for start in range(0, len(images), batch_size):
@@ -97,12 +101,12 @@ def run_fastloader(images: list[bytes], cores: int, batch_size: int = 128) -> fl
 
 # ---- (c) bare full decode
 
-def run_bare_decode(images: list[bytes], cores: int) -> float:
+def run_bare_decode(images: list[bytes], cores: int, eighths: int = 8) -> float:
     from fastloader import _C
 
     def work(chunk: list[bytes]) -> None:
         for d in chunk:
-            _C.decode_jpeg(d, 0, 8, False, 1 << 40, 1 << 30)
+            _C.decode_jpeg(d, 0, eighths, False, 1 << 40, 1 << 30)
 
     chunks = [images[i::cores] for i in range(cores)]
     with ThreadPoolExecutor(cores) as pool:
@@ -133,15 +137,20 @@ def run(n: int = 2000, cores_list: tuple[int, ...] = (1, 2), repeats: int = 3, p
     printer(f"task: decode + RandomResizedCrop({SIZE}) + flip + normalize -> float32 NCHW batch; "
             f"median of {repeats} runs")
     rows = []
-    runners = (("(a) PIL/torchvision recipe", run_pil), ("(b) fastloader ImagePipeline", run_fastloader),
-               ("(c) bare libjpeg-turbo decode", run_bare_decode))
+    runners = (
+        ("(a) PIL/torchvision recipe", run_pil),
+        ("(b) fastloader ImagePipeline", run_fastloader),
+        ("(b') same, accurate IDCT", lambda imgs, cores: run_fastloader(imgs, cores, fast_idct=False)),
+        ("(c) bare libjpeg-turbo decode", run_bare_decode),
+        ("(d) 1/8-scale decode (floor)", lambda imgs, cores: run_bare_decode(imgs, cores, eighths=1)),
+    )
     for cores in cores_list:
         for name, fn in runners:
             rows.append(Row(name, cores, [fn(images, cores) for _ in range(repeats)]))
     printer("")
     printer(f"{'pipeline':32s} {'cores':>5s} {'img/s':>8s} {'img/s/core':>10s} {'vs (a)':>7s} {'vs (c)':>7s}")
     for cores in cores_list:
-        group = {r.name[:3]: r for r in rows if r.cores == cores}
+        group = {r.name.split()[0]: r for r in rows if r.cores == cores}
         for r in (x for x in rows if x.cores == cores):
             printer(f"{r.name:32s} {cores:5d} {r.median:8.0f} {r.median / cores:10.0f} "
                     f"{r.median / group['(a)'].median:6.2f}x {r.median / group['(c)'].median:6.2f}x")

@@ -40,7 +40,7 @@ def planned(pipe: ImagePipeline, datas: list[bytes], seed: int):
 
 
 def test_resize_center_crop_matches_pil_within_one_level(images):
-    pipe = ImagePipeline([Resize(256), CenterCrop(224)], layout="NHWC", dct_scaling=False)
+    pipe = ImagePipeline([Resize(256), CenterCrop(224)], layout="NHWC", dct_scaling=False, fast_idct=False)
     batch = pipe([c.data for c in images]).numpy()
     for case, out in zip(images, batch):
         with Image.open(io.BytesIO(case.data)) as img:
@@ -57,7 +57,7 @@ def test_resize_center_crop_matches_pil_within_one_level(images):
 
 def test_random_resized_crop_matches_pil_crop_and_resize(images):
     datas = [c.data for c in images]
-    pipe = ImagePipeline([RandomResizedCrop(96), RandomHorizontalFlip()], layout="NHWC", dct_scaling=False)
+    pipe = ImagePipeline([RandomResizedCrop(96), RandomHorizontalFlip()], layout="NHWC", dct_scaling=False, fast_idct=False)
     geometry, flips = planned(pipe, datas, seed=3)
     batch = pipe(datas).numpy()
     assert 0 < int(flips.sum()) < len(datas)
@@ -120,7 +120,7 @@ def test_layouts_and_flip(images):
 
 def test_gray_pipeline(images):
     datas = [c.data for c in images[:4]]
-    gray = ImagePipeline([Resize((64, 64))], mode="L", dct_scaling=False)(datas)
+    gray = ImagePipeline([Resize((64, 64))], mode="L", dct_scaling=False, fast_idct=False)(datas)
     assert gray.shape == (4, 1, 64, 64)
     for data, out in zip(datas, gray):
         ref = pil_resized_crop(data, (0, 0, *pil_decode(data).shape[1::-1]), (64, 64), mode="L")
@@ -129,7 +129,7 @@ def test_gray_pipeline(images):
 
 def test_center_crop_pads_like_torchvision(photos):
     small = encode_jpeg(Image.fromarray(photos["astronaut"][:40, :50]), quality=95)
-    out = ImagePipeline([CenterCrop((45, 61))], layout="NHWC", dct_scaling=False)([small])[0].numpy()
+    out = ImagePipeline([CenterCrop((45, 61))], layout="NHWC", dct_scaling=False, fast_idct=False)([small])[0].numpy()
     full = decode_jpeg(small).numpy()
     # torchvision pads (crop - size) // 2 on the top/left, the rest bottom/right, with zeros
     top, left = (45 - 40) // 2, (61 - 50) // 2
@@ -143,7 +143,7 @@ def test_roi_decode_is_exact(images):
         full = pil_decode(case.data)
         h, w = full.shape[:2]
         ch, cw = max(1, h // 2 - 3), max(1, w // 3 + 5)
-        out = ImagePipeline([CenterCrop((ch, cw))], layout="NHWC", dct_scaling=False)([case.data])[0].numpy()
+        out = ImagePipeline([CenterCrop((ch, cw))], layout="NHWC", dct_scaling=False, fast_idct=False)([case.data])[0].numpy()
         top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
         assert np.array_equal(out, full[top : top + ch, left : left + cw]), case.name
 
@@ -151,7 +151,7 @@ def test_roi_decode_is_exact(images):
 def test_exif_orientation_in_the_pipeline(jpeg_cases):
     oriented = [c for c in jpeg_cases if c.name.startswith("exif-")]
     datas = [c.data for c in oriented]
-    pipe = ImagePipeline([CenterCrop((100, 90))], layout="NHWC", apply_exif_orientation=True, dct_scaling=False)
+    pipe = ImagePipeline([CenterCrop((100, 90))], layout="NHWC", apply_exif_orientation=True, dct_scaling=False, fast_idct=False)
     batch = pipe(datas).numpy()
     for case, out in zip(oriented, batch):
         full = decode_jpeg(case.data, apply_exif_orientation=True).numpy()
