@@ -32,11 +32,10 @@ def simd_flags() -> list[str]:
 
 sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
 cu = cuda_sources()
-cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", *simd_flags()]
+cxx_flags = ["-O3", "-std=c++20", "-Wall", "-Wno-unknown-pragmas", *simd_flags()]
 common = dict(
     name="fastloader._C",
-    libraries=["jpeg", "gomp"],
-    extra_link_args=["-fopenmp"],
+    libraries=["jpeg"],
 )
 if cu:
     ext = cpp_extension.CUDAExtension(

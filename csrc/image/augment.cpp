@@ -5,6 +5,7 @@
 #include <cstring>
 #include <exception>
 
+#include "../common/parallel.h"
 #include "convert.h"
 #include "resample.h"
 
@@ -176,12 +177,11 @@ std::vector<ImageSize> probe_images(const std::vector<ImageSource>& images, bool
                                     const DecodeLimits& limits, int num_threads) {
   const int n = static_cast<int>(images.size());
   std::vector<ImageSize> sizes(n);
-#pragma omp parallel for schedule(dynamic, 16) num_threads(num_threads)
-  for (int i = 0; i < n; ++i) {
+  parallel_for(n, num_threads, [&](int i) {
     const ImageSource& src = images[i];
     if (src.raw_w > 0) {
       sizes[i] = {src.raw_w, src.raw_h, {}};
-      continue;
+      return;
     }
     try {
       const JpegInfo info = thread_decoder().open(src.data, src.size, apply_orientation, limits);
@@ -191,7 +191,7 @@ std::vector<ImageSize> probe_images(const std::vector<ImageSource>& images, bool
     } catch (const std::exception& e) {
       sizes[i].error = e.what();
     }
-  }
+  });
   return sizes;
 }
 
@@ -203,8 +203,7 @@ std::vector<std::string> augment_batch(const std::vector<ImageSource>& images,
       size_t(spec.out_h) * spec.out_w * channels_of(spec.mode) * dtype_size(spec.dtype);
   const OutputTables tables(spec);
   std::vector<std::string> errors(n);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(spec.num_threads)
-  for (int i = 0; i < n; ++i) {
+  parallel_for(n, spec.num_threads, [&](int i) {
     thread_local Scratch scratch;
     void* slot = static_cast<uint8_t*>(out) + sample_bytes * i;
     try {
@@ -217,7 +216,7 @@ std::vector<std::string> augment_batch(const std::vector<ImageSource>& images,
       errors[i] = "unknown error";
       std::memset(slot, 0, sample_bytes);
     }
-  }
+  });
   return errors;
 }
 

@@ -242,3 +242,34 @@ def test_fusing_rules():
     assert pipe.output_shape(8) == (8, 224, 224, 3) and pipe.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="out must be"):
         pipe([b""], out=torch.empty(1, 3, 224, 224))
+
+
+class _EncodedImages(torch.utils.data.Dataset):
+    def __init__(self, datas):
+        self.datas = datas
+
+    def __len__(self):
+        return len(self.datas)
+
+    def __getitem__(self, i):
+        return self.datas[i]
+
+
+def test_in_torch_dataloader_workers_after_use_in_the_parent(images):
+    """The README's drop-in use: the pipeline as collate_fn in forked DataLoader workers,
+    after the parent already ran it with several OpenMP threads (no hang, same batches)."""
+    datas = [c.data for c in images[:12]]
+    pipe = ImagePipeline([Resize(72), CenterCrop(64)], num_threads=2)
+    expected = pipe(datas).clone()
+    loader = torch.utils.data.DataLoader(
+        _EncodedImages(datas), batch_size=4, num_workers=2, collate_fn=lambda b: pipe(b).clone(), timeout=60
+    )
+    assert torch.equal(torch.cat(list(loader)), expected)
+
+
+def test_pin_memory_without_cuda_warns_and_still_works(images):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: pinning is real")
+    with pytest.warns(UserWarning, match="pin_memory"):
+        pipe = ImagePipeline([CenterCrop(16)], pin_memory=True)
+    assert pipe([images[0].data]).shape == (1, 3, 16, 16)
