@@ -2,7 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <exception>
 
 #include "../common/parallel.h"
@@ -17,39 +22,64 @@ struct Scratch {
   std::vector<uint8_t> roi, oriented, resized, tmp;
 };
 
-// The output is written from one value table per channel: out = table[c][pixel].
+// Copies a finished output row to the batch with non-temporal stores where aligned: a
+// batch is far larger than the caches, and plain stores would first read every line back.
+inline void stream_row(void* dst, const void* src, size_t bytes) {
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+#if defined(__AVX2__)
+  const size_t head = std::min(bytes, size_t(-reinterpret_cast<uintptr_t>(d) & 31));
+  std::memcpy(d, s, head);
+  size_t i = head;
+  for (; i + 32 <= bytes; i += 32)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i),
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+  std::memcpy(d + i, s + i, bytes - i);
+#else
+  std::memcpy(d, s, bytes);
+#endif
+}
+
+// The output is written from one value table per channel: out = table[c][pixel], a row at
+// a time through `row` (scratch of at least W * C values).
 template <typename T, int C, bool kNHWC>
-void write_sample(const uint8_t* pixels, int H, int W, bool flip, const T* table, T* out) {
+void write_sample(const uint8_t* pixels, int H, int W, bool flip, const T* table, T* row, T* out) {
   for (int y = 0; y < H; ++y) {
-    const uint8_t* row = pixels + size_t(y) * W * C;
+    const uint8_t* in = pixels + size_t(y) * W * C;
     if constexpr (kNHWC) {
-      T* dst = out + size_t(y) * W * C;
       for (int x = 0; x < W; ++x) {
-        const uint8_t* px = row + size_t(flip ? W - 1 - x : x) * C;
-        for (int c = 0; c < C; ++c) dst[x * C + c] = table[c * 256 + px[c]];
+        const uint8_t* px = in + size_t(flip ? W - 1 - x : x) * C;
+        for (int c = 0; c < C; ++c) row[x * C + c] = table[c * 256 + px[c]];
       }
+      stream_row(out + size_t(y) * W * C, row, sizeof(T) * W * C);
     } else {
       for (int c = 0; c < C; ++c) {
-        T* dst = out + (size_t(c) * H + y) * W;
         const T* tc = table + c * 256;
         if (flip)
-          for (int x = 0; x < W; ++x) dst[x] = tc[row[(W - 1 - x) * C + c]];
+          for (int x = 0; x < W; ++x) row[x] = tc[in[(W - 1 - x) * C + c]];
         else
-          for (int x = 0; x < W; ++x) dst[x] = tc[row[x * C + c]];
+          for (int x = 0; x < W; ++x) row[x] = tc[in[x * C + c]];
+        stream_row(out + (size_t(c) * H + y) * W, row, sizeof(T) * W);
       }
     }
   }
+#if defined(__AVX2__)
+  _mm_sfence();  // the streamed stores are visible before the batch is handed back
+#endif
 }
 
 template <typename T>
 void write_sample(const uint8_t* pixels, const BatchSpec& spec, bool flip, const T* table, T* out) {
   const int H = spec.out_h, W = spec.out_w;
   const bool nhwc = spec.layout == Layout::NHWC;
+  thread_local std::vector<uint8_t> scratch;
+  scratch.resize(sizeof(T) * W * 3);
+  T* row = reinterpret_cast<T*>(scratch.data());
   if (spec.mode == ColorMode::RGB)
-    nhwc ? write_sample<T, 3, true>(pixels, H, W, flip, table, out)
-         : write_sample<T, 3, false>(pixels, H, W, flip, table, out);
+    nhwc ? write_sample<T, 3, true>(pixels, H, W, flip, table, row, out)
+         : write_sample<T, 3, false>(pixels, H, W, flip, table, row, out);
   else
-    write_sample<T, 1, true>(pixels, H, W, flip, table, out);  // one channel: same layout
+    write_sample<T, 1, true>(pixels, H, W, flip, table, row, out);  // one channel: same layout
 }
 
 struct OutputTables {
