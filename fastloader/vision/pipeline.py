@@ -206,7 +206,6 @@ class ImagePipeline:
     def _source(self, i: int, image: Any, keys: Sequence[object] | None, errors: list[str]) -> Any:
         """A buffer for the kernel: the encoded JPEG, or pixels decoded by PIL for other formats."""
         key = keys[i] if keys is not None else None
-        placeholder = b""
         try:
             buf = as_byte_buffer(image, index=i, key=key)
             if is_jpeg(buf) or len(memoryview(buf)) == 0:
@@ -214,7 +213,7 @@ class ImagePipeline:
             return decode_with_pil(buf, self.mode, 8, self.apply_exif_orientation, self.max_pixels)
         except DecodeError as e:
             errors[i] = e.reason
-            return placeholder
+            return b""  # the kernel fails it again, cheaply
 
     def _geometry(self, sizes: torch.Tensor, ok: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per sample: source box, resized size, output window (float64, N x 8), and flips."""
@@ -222,7 +221,6 @@ class ImagePipeline:
         n = sizes.shape[0]
         sizes = sizes.clone()
         sizes[~torch.tensor(ok, dtype=torch.bool)] = 1  # placeholders; their samples fail anyway
-        heights, widths = sizes[:, 0].tolist(), sizes[:, 1].tolist()
         out_h, out_w = plan.out_size
         geometry = torch.zeros(n, 8, dtype=torch.float64)
         if plan.crop is not None:
@@ -235,7 +233,7 @@ class ImagePipeline:
             geometry[:, 4], geometry[:, 5] = out_w, out_h
         else:
             rows = []
-            for h, w in zip(heights, widths):
+            for h, w in sizes.tolist():
                 rh, rw = plan.resize.output_size(h, w) if plan.resize else (h, w)
                 wy, wx = _center_offset(rh, out_h), _center_offset(rw, out_w)
                 if plan.center is None:
