@@ -2,6 +2,7 @@
 // GIL around the torch-free kernels, and maps their errors to Python exceptions.
 #include <torch/extension.h>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -49,9 +50,9 @@ fl::DecodeLimits limits_of(int64_t max_pixels, int max_scans) {
 
 torch::Tensor decode_jpeg(py::buffer data, int mode, int scale, bool apply_orientation,
                           int64_t max_pixels, int max_scans) {
-  py::buffer_info view = data.request();
-  const auto* bytes = static_cast<const uint8_t*>(view.ptr);
-  const size_t size = size_t(view.size) * view.itemsize;
+  py::buffer_info input = data.request();
+  const auto* bytes = static_cast<const uint8_t*>(input.ptr);
+  const size_t size = size_t(input.size) * input.itemsize;
   const fl::ColorMode color = static_cast<fl::ColorMode>(mode);
   const int channels = fl::channels_of(color);
   py::gil_scoped_release no_gil;
@@ -59,16 +60,22 @@ torch::Tensor decode_jpeg(py::buffer data, int mode, int scale, bool apply_orien
   const fl::JpegInfo info = dec.open(bytes, size, apply_orientation, limits_of(max_pixels, max_scans));
   const int w = fl::scaled_dim(info.width, scale), h = fl::scaled_dim(info.height, scale);
   const int orientation = apply_orientation ? info.orientation : 1;
-  if (orientation == 1) {
-    torch::Tensor out = torch::empty({h, w, channels}, torch::kUInt8);
-    dec.decode(color, scale, {0, 0, w, h}, out.data_ptr<uint8_t>(), size_t(w) * channels);
-    return out;
-  }
-  std::vector<uint8_t> stored(size_t(w) * h * channels);
-  dec.decode(color, scale, {0, 0, w, h}, stored.data(), size_t(w) * channels);
   const bool swap = fl::orientation_swaps_axes(orientation);
   torch::Tensor out = torch::empty({swap ? w : h, swap ? h : w, channels}, torch::kUInt8);
-  fl::orient_image(stored.data(), w, h, channels, orientation, out.data_ptr<uint8_t>());
+  // Rows go straight into the tensor when they need neither reshaping nor orienting.
+  std::vector<uint8_t> staging;
+  const fl::PixelView view = dec.decode(color, scale, {0, 0, w, h}, [&](size_t bytes) {
+    if (orientation == 1 && bytes == size_t(out.numel())) return out.data_ptr<uint8_t>();
+    staging.resize(bytes);
+    return staging.data();
+  });
+  if (orientation != 1) {
+    fl::orient_image(view.data, view.stride, w, h, channels, orientation, out.data_ptr<uint8_t>());
+  } else if (view.data != out.data_ptr<uint8_t>()) {
+    for (int y = 0; y < h; ++y)
+      std::memcpy(out.data_ptr<uint8_t>() + size_t(y) * w * channels, view.data + y * view.stride,
+                  size_t(w) * channels);
+  }
   return out;
 }
 

@@ -158,30 +158,34 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
     std::fill(s.resized.begin(), s.resized.end(), 0);
     return;
   }
-  // The ROI's pixels, packed, with the spare bytes resample_u8 reads past the end.
+  // The ROI's pixels, with the spare bytes resample_u8 reads past the end.
   constexpr size_t kSpare = 8;
   const size_t row_bytes = size_t(roi.w) * C;
-  const uint8_t* pixels = s.roi.data();
+  PixelView view;
   if (raw) {
-    s.roi.resize(row_bytes * roi.h + kSpare);
-    for (int y = 0; y < roi.h; ++y)
-      std::memcpy(&s.roi[y * row_bytes], src.data + (size_t(roi.y + y) * w + roi.x) * C, row_bytes);
-    pixels = s.roi.data();
+    view = {src.data + (size_t(roi.y) * w + roi.x) * C, size_t(w) * C};
+    if (roi.y + roi.h == h) {  // the last row is the caller's buffer's end: copy the ROI
+      s.roi.resize(row_bytes * roi.h + kSpare);
+      for (int y = 0; y < roi.h; ++y)
+        std::memcpy(&s.roi[y * row_bytes], view.data + y * view.stride, row_bytes);
+      view = {s.roi.data(), row_bytes};
+    }
   } else {
     const bool swap = orientation_swaps_axes(orientation);
     const Rect stored = unorient_rect(roi, swap ? sh : sw, swap ? sw : sh, orientation);
-    s.roi.resize(row_bytes * roi.h + kSpare);
-    dec.decode(spec.mode, scale, stored, s.roi.data(), size_t(stored.w) * C, spec.fast_idct);
-    pixels = s.roi.data();
+    view = dec.decode(spec.mode, scale, stored, [&](size_t bytes) {
+      s.roi.resize(bytes + kSpare);
+      return s.roi.data();
+    }, spec.fast_idct);
     if (orientation != 1) {
-      s.oriented.resize(s.roi.size());
-      orient_image(s.roi.data(), stored.w, stored.h, C, orientation, s.oriented.data());
-      pixels = s.oriented.data();
+      s.oriented.resize(row_bytes * roi.h + kSpare);
+      orient_image(view.data, view.stride, stored.w, stored.h, C, orientation, s.oriented.data());
+      view = {s.oriented.data(), row_bytes};
     }
   }
   s.ax.rebase(s.ax.src_lo);
   s.ay.rebase(s.ay.src_lo);
-  resample_u8(pixels, row_bytes, C, s.ax, s.ay, s.resized.data(), s.tmp);
+  resample_u8(view.data, view.stride, C, s.ax, s.ay, s.resized.data(), s.tmp);
 }
 
 }  // namespace

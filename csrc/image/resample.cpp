@@ -169,17 +169,35 @@ static inline void rgb_pixel(const uint8_t* s, const int16_t* k, int taps, uint8
 #endif
 
 #if defined(__AVX2__)
-static inline void rgb_pixel_pair(const uint8_t* s0, const uint8_t* s1, const int16_t* k0,
-                                  const int16_t* k1, int taps, uint8_t* out) {
+// Coefficients of output pixels x and x + 1 for taps (2j, 2j + 1), laid out as pmaddwd
+// wants them: 4 lanes of pixel x's pair, then 4 of pixel x + 1's. Row-independent, so
+// built once per image rather than in the inner loop.
+struct alignas(32) TapPairs {
+  int32_t lanes[8];
+};
+
+static void build_pair_coeffs(const ResampleAxis& ax, std::vector<TapPairs>& pairs, int& pairs_per_x) {
+  const int out_w = ax.out_count();
+  pairs_per_x = ax.ksize / 2;
+  pairs.resize(size_t(out_w / 2) * pairs_per_x);
+  for (int x = 0; x + 1 < out_w; x += 2)
+    for (int j = 0; j < pairs_per_x; ++j) {
+      const int32_t k0 = tap_pair(&ax.coeffs[size_t(x) * ax.ksize], 2 * j);
+      const int32_t k1 = tap_pair(&ax.coeffs[size_t(x + 1) * ax.ksize], 2 * j);
+      pairs[size_t(x / 2) * pairs_per_x + j] = {{k0, k0, k0, k0, k1, k1, k1, k1}};
+    }
+}
+
+static inline void rgb_pixel_pair(const uint8_t* s0, const uint8_t* s1, const TapPairs* kk,
+                                  int taps, uint8_t* out) {
   const __m256i shuffle = _mm256_broadcastsi128_si256(pair_channels());
   __m256i acc = _mm256_set1_epi32(kHalf);
-  for (int t = 0; t < taps; t += 2, s0 += 6, s1 += 6) {
+  for (int t = 0; t < taps; t += 2, s0 += 6, s1 += 6, ++kk) {
     const __m256i pix = _mm256_inserti128_si256(
         _mm256_castsi128_si256(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s0))),
         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s1)), 1);
-    const __m256i kk = _mm256_inserti128_si256(_mm256_set1_epi32(tap_pair(k0, t)),
-                                               _mm_set1_epi32(tap_pair(k1, t)), 1);
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_shuffle_epi8(pix, shuffle), kk));
+    const __m256i k = _mm256_load_si256(reinterpret_cast<const __m256i*>(kk->lanes));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_shuffle_epi8(pix, shuffle), k));
   }
   store_rgb(_mm256_castsi256_si128(acc), out);
   store_rgb(_mm256_extracti128_si256(acc, 1), out + 3);
@@ -191,6 +209,11 @@ static void horizontal_pass(const uint8_t* src, size_t src_stride, int rows,
                             const ResampleAxis& ax, uint8_t* dst) {
   const int out_w = ax.out_count();
   const size_t ks = size_t(ax.ksize);
+#if defined(__AVX2__)
+  thread_local std::vector<TapPairs> pairs;
+  int pairs_per_x = 0;
+  if constexpr (C == 3) build_pair_coeffs(ax, pairs, pairs_per_x);
+#endif
   for (int y = 0; y < rows; ++y) {
     const uint8_t* in = src + size_t(y) * src_stride;
     uint8_t* out = dst + size_t(y) * out_w * C;
@@ -200,7 +223,7 @@ static void horizontal_pass(const uint8_t* src, size_t src_stride, int rows,
       for (; x + 1 < out_w; x += 2) {
         const int taps = std::max(ax.taps[x], ax.taps[x + 1]);  // the shorter one has zeros
         rgb_pixel_pair(in + size_t(ax.first[x]) * 3, in + size_t(ax.first[x + 1]) * 3,
-                       &ax.coeffs[x * ks], &ax.coeffs[(x + 1) * ks], taps, out + x * 3);
+                       &pairs[size_t(x / 2) * pairs_per_x], taps, out + x * 3);
       }
     }
 #endif

@@ -105,7 +105,6 @@ struct JpegDecoder::State {
   ProgressManager progress{};
   JpegInfo info;
   bool opened = false;
-  std::vector<uint8_t> row;  // one decoded row when it needs cropping or conversion
 };
 
 // Runs f with libjpeg's errors caught; f must not own objects with destructors, since
@@ -172,8 +171,8 @@ JpegInfo JpegDecoder::open(const uint8_t* data, size_t size, bool read_orientati
   return info;
 }
 
-void JpegDecoder::decode(ColorMode mode, int scale_num, Rect roi, uint8_t* dst, size_t dst_stride,
-                         bool fast_idct) {
+PixelView JpegDecoder::decode(ColorMode mode, int scale_num, Rect roi, const Allocator& allocate,
+                              bool fast_idct) {
   State& s = *state_;
   if (!s.opened) throw JpegError("decode() without a successful open()");
   s.opened = false;
@@ -195,6 +194,7 @@ void JpegDecoder::decode(ColorMode mode, int scale_num, Rect roi, uint8_t* dst, 
   const int margin = 2;
   const int want_x0 = std::max(0, roi.x - margin);
   const int want_x1 = std::min(full_w, roi.x + roi.w + margin);
+  PixelView view;
 
   guarded(cinfo, s.err, [&] {
     cinfo.scale_num = static_cast<unsigned>(scale_num);
@@ -205,39 +205,36 @@ void JpegDecoder::decode(ColorMode mode, int scale_num, Rect roi, uint8_t* dst, 
     JDIMENSION xoff = static_cast<JDIMENSION>(want_x0);
     JDIMENSION width = static_cast<JDIMENSION>(want_x1 - want_x0);
     if (xoff != 0 || width != cinfo.output_width) jpeg_crop_scanline(&cinfo, &xoff, &width);
-    const size_t skip_cols = static_cast<size_t>(roi.x) - xoff;
-    const bool direct = skip_cols == 0 && width == JDIMENSION(roi.w) && dec_c == out_c;
-    if (!direct) s.row.resize(size_t(width) * dec_c);
+    // Rows land straight in the caller's memory, whole decoded width; conversions to
+    // fewer channels run in place at the start of each row.
+    view.stride = size_t(width) * dec_c;
+    uint8_t* rows = allocate(view.stride * roi.h);
+    view.data = rows + (size_t(roi.x) - xoff) * out_c;
     if (roi.y > 0) jpeg_skip_scanlines(&cinfo, static_cast<JDIMENSION>(roi.y));
     for (int y = 0; y < roi.h; ++y) {
-      uint8_t* out = dst + size_t(y) * dst_stride;
-      JSAMPROW rowptr = direct ? out : s.row.data();
-      if (jpeg_read_scanlines(&cinfo, &rowptr, 1) != 1) {
+      JSAMPROW row = rows + size_t(y) * view.stride;
+      if (jpeg_read_scanlines(&cinfo, &row, 1) != 1) {
         std::snprintf(s.err.message, sizeof(s.err.message), "decoder returned no row");
         std::longjmp(s.err.jump, 1);
       }
-      if (direct) continue;
-      const uint8_t* in = s.row.data() + skip_cols * dec_c;
-      if (cmyk) {
-        if (out_c == 3) {
-          cmyk_row_to_rgb(in, roi.w, out);
-        } else {
-          // CMYK -> RGB -> L, as PIL's convert("L") after its CMYK->RGB step.
-          uint8_t rgb[3 * 64];
-          for (int x0 = 0; x0 < roi.w; x0 += 64) {
-            int n = std::min(64, roi.w - x0);
-            cmyk_row_to_rgb(in + size_t(x0) * 4, n, rgb);
-            rgb_row_to_gray(rgb, n, out + x0);
-          }
+      const int n = static_cast<int>(width);
+      if (cmyk && out_c == 3) {
+        cmyk_row_to_rgb(row, n, row);
+      } else if (cmyk) {
+        // CMYK -> RGB -> L, as PIL's convert("L") after its CMYK->RGB step.
+        uint8_t rgb[3 * 64];
+        for (int x0 = 0; x0 < n; x0 += 64) {
+          const int m = std::min(64, n - x0);
+          cmyk_row_to_rgb(row + size_t(x0) * 4, m, rgb);
+          rgb_row_to_gray(rgb, m, row + x0);
         }
       } else if (dec_c == 3 && out_c == 1) {
-        rgb_row_to_gray(in, roi.w, out);
-      } else {
-        std::memcpy(out, in, size_t(roi.w) * out_c);
+        rgb_row_to_gray(row, n, row);
       }
     }
     jpeg_abort_decompress(&cinfo);
   });
+  return view;
 }
 
 JpegDecoder& thread_decoder() {
@@ -258,7 +255,8 @@ Rect unorient_rect(Rect r, int w, int h, int o) {
   }
 }
 
-void orient_image(const uint8_t* src, int w, int h, int c, int o, uint8_t* dst) {
+void orient_image(const uint8_t* src, size_t src_stride, int w, int h, int c, int o,
+                  uint8_t* dst) {
   const bool swap = orientation_swaps_axes(o);
   const int ow = swap ? h : w, oh = swap ? w : h;
   for (int oy = 0; oy < oh; ++oy) {
@@ -275,7 +273,7 @@ void orient_image(const uint8_t* src, int w, int h, int c, int o, uint8_t* dst) 
         case 8: sx = w - 1 - oy; sy = ox; break;
         default: sx = ox; sy = oy; break;
       }
-      std::memcpy(out, src + (size_t(sy) * w + sx) * c, c);
+      std::memcpy(out, src + size_t(sy) * src_stride + size_t(sx) * c, c);
     }
   }
 }

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -37,6 +38,12 @@ struct Rect {
   int x = 0, y = 0, w = 0, h = 0;
 };
 
+// Decoded pixels: rows `stride` bytes apart.
+struct PixelView {
+  const uint8_t* data = nullptr;
+  size_t stride = 0;
+};
+
 // Width or height of an image of `size` pixels decoded at scale num/8 (libjpeg's rule).
 inline int scaled_dim(int size, int num) { return static_cast<int>((int64_t(size) * num + 7) / 8); }
 
@@ -52,11 +59,13 @@ class JpegDecoder {
   JpegInfo open(const uint8_t* data, size_t size, bool read_orientation, const DecodeLimits& limits);
 
   // Decodes `roi` (in the coordinates of the image scaled by scale_num/8, before EXIF
-  // orientation) into dst, rows dst_stride bytes apart. open() must come first; each
-  // open() allows one decode(). fast_idct trades about a level of accuracy for speed
-  // (libjpeg's JDCT_IFAST); the default matches PIL bit for bit.
-  void decode(ColorMode mode, int scale_num, Rect roi, uint8_t* dst, size_t dst_stride,
-              bool fast_idct = false);
+  // orientation) into memory it gets from allocate(bytes), and returns where the ROI's
+  // pixels are: rows can be wider than the ROI, since libjpeg decodes whole iMCU columns.
+  // open() must come first; each open() allows one decode(). fast_idct trades about a
+  // level of accuracy for speed (JDCT_IFAST); the default matches PIL bit for bit.
+  using Allocator = std::function<uint8_t*(size_t bytes)>;
+  PixelView decode(ColorMode mode, int scale_num, Rect roi, const Allocator& allocate,
+                   bool fast_idct = false);
 
  private:
   struct State;
@@ -77,7 +86,9 @@ inline bool orientation_swaps_axes(int orientation) { return orientation >= 5 &&
 // Maps a rectangle of the oriented image back to the stored image of size (w, h).
 Rect unorient_rect(Rect r, int w, int h, int orientation);
 
-// Writes the stored image src (w x h x c) oriented into dst (its size swapped for 5..8).
-void orient_image(const uint8_t* src, int w, int h, int c, int orientation, uint8_t* dst);
+// Writes the stored image src (w x h x c, rows src_stride bytes apart) oriented into dst
+// (packed, its size swapped for 5..8).
+void orient_image(const uint8_t* src, size_t src_stride, int w, int h, int c, int orientation,
+                  uint8_t* dst);
 
 }  // namespace fastloader
