@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 VENV=.venv
-APT_PACKAGES="build-essential libjpeg62-turbo-dev zlib1g-dev"
+APT_PACKAGES="build-essential libjpeg62-turbo-dev zlib1g-dev libwebp-dev"
 # A bare Debian python3 needs these for venvs and for compiling extensions.
 "$PY" -c "import venv, ensurepip" 2>/dev/null || APT_PACKAGES="$APT_PACKAGES python3-venv"
 "$PY" -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
@@ -37,8 +37,9 @@ if [ ! -f "$stamp" ]; then
 fi
 
 # pillow-simd owns the same PIL package as pillow (pulled in by scikit-image): put it in
-# pillow's place last, built from source with AVX2 where the CPU has it.
-if ! "$VENV/bin/python" -c "import sys, PIL; sys.exit('.post' not in PIL.__version__)" 2>/dev/null; then
+# pillow's place last, built from source with AVX2 where the CPU has it, and with WebP.
+if ! "$VENV/bin/python" -c "import sys, PIL; from PIL import features
+sys.exit('.post' not in PIL.__version__ or not features.check('webp'))" 2>/dev/null; then
   echo "[setup] building pillow-simd"
   pip uninstall -q -y pillow pillow-simd >/dev/null 2>&1 || true
   simd=""; grep -qw avx2 /proc/cpuinfo && simd="-mavx2"

@@ -12,8 +12,9 @@ def test_pil_is_the_simd_build():
     assert ".post" in PIL.__version__, f"PIL {PIL.__version__} is not pillow-simd"
 
 
-def test_pil_uses_libjpeg_turbo():
+def test_pil_uses_libjpeg_turbo_and_reads_webp():
     assert features.check_feature("libjpeg_turbo")
+    assert features.check("webp"), "pillow-simd was built without libwebp-dev"
 
 
 def test_extension_loads():

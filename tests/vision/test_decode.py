@@ -57,9 +57,9 @@ def test_accepts_bytes_memoryview_array_and_tensor(jpeg_cases):
 
 def test_non_jpeg_formats_fall_back_to_pil(photos):
     img = Image.fromarray(photos["astronaut"][:100, :120])
-    for fmt in ("PNG", "BMP", "TIFF"):
+    for fmt, options in (("PNG", {}), ("BMP", {}), ("TIFF", {}), ("WEBP", {"lossless": True})):
         buf = io.BytesIO()
-        img.save(buf, fmt)
+        img.save(buf, fmt, **options)
         out = decode_jpeg(buf.getvalue())
         assert np.array_equal(out.numpy(), np.asarray(img)), fmt
         assert decode_jpeg(buf.getvalue(), mode="L").shape == (100, 120, 1)
