@@ -150,8 +150,6 @@ JpegInfo JpegDecoder::open(const uint8_t* data, size_t size, bool read_orientati
   JpegInfo info;
   info.width = static_cast<int>(cinfo.image_width);
   info.height = static_cast<int>(cinfo.image_height);
-  info.components = cinfo.num_components;
-  info.progressive = cinfo.progressive_mode;
   if (info.width <= 0 || info.height <= 0) throw JpegError("image has no pixels");
   if (int64_t(info.width) * info.height > limits.max_pixels)
     throw JpegError("image of " + std::to_string(info.width) + "x" + std::to_string(info.height) +

@@ -23,8 +23,6 @@ inline int channels_of(ColorMode mode) { return mode == ColorMode::RGB ? 3 : 1; 
 struct JpegInfo {
   int width = 0;   // as stored, before EXIF orientation
   int height = 0;
-  int components = 0;
-  bool progressive = false;
   int orientation = 1;  // EXIF orientation 1..8 (1 when absent or not asked for)
 };
 
