@@ -20,6 +20,13 @@ namespace {
 struct Scratch {
   ResampleAxis ax, ay;
   std::vector<uint8_t> roi, oriented, resized, tmp;
+
+  // One huge image must not pin hundreds of MB per thread for the rest of the run.
+  void trim() {
+    constexpr size_t kKeep = size_t(64) << 20;
+    for (std::vector<uint8_t>* v : {&roi, &oriented, &resized, &tmp})
+      if (v->capacity() > kKeep) std::vector<uint8_t>().swap(*v);
+  }
 };
 
 // Copies a finished output row to the batch with non-temporal stores where aligned: a
@@ -250,6 +257,7 @@ std::vector<std::string> augment_batch(const std::vector<ImageSource>& images,
       errors[i] = "unknown error";
       std::memset(slot, 0, sample_bytes);
     }
+    scratch.trim();
   });
   return errors;
 }

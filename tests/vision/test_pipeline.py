@@ -225,6 +225,13 @@ def test_random_resized_crop_fallback_is_torchvision_center_crop():
     assert (boxes == torch.tensor(expected)).all()
 
 
+def test_empty_batch():
+    for ops in ([RandomResizedCrop(32)], [Resize(40), CenterCrop(32)]):
+        assert ImagePipeline(ops)([]).shape == (0, 3, 32, 32)
+        batch, valid = ImagePipeline(ops, on_error="skip")([])
+        assert batch.shape == (0, 3, 32, 32) and valid.shape == (0,)
+
+
 def test_fusing_rules():
     with pytest.raises(ValueError, match="ToDtype"):
         ImagePipeline([CenterCrop(8), Normalize(MEAN, STD)])
@@ -273,3 +280,17 @@ def test_pin_memory_without_cuda_warns_and_still_works(images):
     with pytest.warns(UserWarning, match="pin_memory"):
         pipe = ImagePipeline([CenterCrop(16)], pin_memory=True)
     assert pipe([images[0].data]).shape == (1, 3, 16, 16)
+
+
+def test_large_photo_uses_dct_scaling_and_keeps_quality(photos):
+    """A 3000x2250 photo cropped to 224: decoded at 1/2..1/8 scale, still > 35 dB."""
+    big = Image.fromarray(photos["retina"]).resize((3000, 2250), Image.Resampling.BICUBIC)
+    data = encode_jpeg(big, quality=90)
+    pipe = ImagePipeline([RandomResizedCrop(224)], layout="NHWC", num_threads=2)
+    geometry, _ = planned(pipe, [data] * 6, seed=9)
+    batch = pipe([data] * 6).numpy()
+    scales = set()
+    for out, g in zip(batch, geometry.tolist()):
+        assert psnr(out, pil_resized_crop(data, tuple(int(v) for v in g[:4]), (224, 224))) >= 35.0
+        scales.add(_dct_scale(3000, 2250, g))
+    assert scales & {1, 2, 4}
