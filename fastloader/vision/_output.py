@@ -1,6 +1,7 @@
 """Reusable batch buffers. A fresh 77 MB float batch costs more in page faults than the
 decode of its images; a buffer is handed out again only once nothing else refers to it:
-no Python reference to the tensor, and no view, numpy array or memoryview of its storage."""
+no Python reference to the tensor, no view, numpy array or memoryview of its storage, and
+no other process (a buffer moved to shared memory is dropped from the pool)."""
 from __future__ import annotations
 
 import sys
@@ -25,10 +26,17 @@ class OutputPool:
         self.buffers: list[torch.Tensor] = []
 
     def get(self, shape: tuple[int, ...], dtype: torch.dtype, pin_memory: bool) -> torch.Tensor:
+        if pin_memory:
+            # torch's pinned allocator already caches blocks, and unlike this pool it knows
+            # when an asynchronous copy to the GPU still reads one.
+            return torch.empty(shape, dtype=dtype, pin_memory=True)
+        # A batch sent from a DataLoader worker had its storage moved to shared memory,
+        # which the receiving process may still be reading: never write there again.
+        self.buffers = [t for t in self.buffers if not t.is_shared()]
         for t in self.buffers:
-            if t.shape == shape and t.dtype == dtype and t.is_pinned() == pin_memory and _unreferenced(t):
+            if t.shape == shape and t.dtype == dtype and _unreferenced(t):
                 return t
-        t = torch.empty(shape, dtype=dtype, pin_memory=pin_memory)
+        t = torch.empty(shape, dtype=dtype)
         if len(self.buffers) >= self.capacity:
             self.buffers.pop(0)
         self.buffers.append(t)

@@ -274,6 +274,31 @@ def test_in_torch_dataloader_workers_after_use_in_the_parent(images):
     assert torch.equal(torch.cat(list(loader)), expected)
 
 
+class _Collate:
+    """The README's collate: pipeline batch and labels, no copy."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __call__(self, samples):
+        return self.pipe(samples)
+
+
+def test_batches_sent_from_workers_are_never_overwritten(images):
+    """DataLoader workers move a batch's storage to shared memory to send it; the pipeline
+    must not reuse that buffer for a later batch while the main process holds it."""
+    datas = [c.data for c in images] * 4
+    pipe = ImagePipeline([Resize(72), CenterCrop(64)])
+    expected = [pipe(datas[i : i + 4]).clone() for i in range(0, len(datas), 4)]
+    loader = torch.utils.data.DataLoader(
+        _EncodedImages(datas), batch_size=4, num_workers=2, collate_fn=_Collate(pipe), prefetch_factor=4, timeout=60
+    )
+    received = list(loader)  # all held at once
+    assert len(received) == len(expected)
+    for got, want in zip(received, expected):
+        assert torch.equal(got, want)
+
+
 def test_pin_memory_without_cuda_warns_and_still_works(images):
     if torch.cuda.is_available():
         pytest.skip("CUDA present: pinning is real")
