@@ -161,6 +161,12 @@ class ImagePipeline:
         self.lut = _value_table(self.plan, self.channels)
         self._pool = OutputPool()
 
+    def __getstate__(self) -> dict:
+        # Sent to spawned DataLoader workers: the batch buffers stay behind.
+        state = self.__dict__.copy()
+        state["_pool"] = OutputPool()
+        return state
+
     @property
     def dtype(self) -> torch.dtype:
         return self.plan.dtype

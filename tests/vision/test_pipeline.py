@@ -225,6 +225,16 @@ def test_random_resized_crop_fallback_is_torchvision_center_crop():
     assert (boxes == torch.tensor(expected)).all()
 
 
+def test_pickles_without_its_batch_buffers(images):
+    import pickle
+
+    pipe = ImagePipeline([CenterCrop(64)], generator=torch.Generator().manual_seed(3))
+    pipe([c.data for c in images[:8]])
+    copy = pickle.loads(pickle.dumps(pipe))
+    assert len(pickle.dumps(pipe)) < 100_000 and copy.generator.initial_seed() == 3
+    assert torch.equal(copy([images[0].data]), pipe([images[0].data]))
+
+
 def test_empty_batch():
     for ops in ([RandomResizedCrop(32)], [Resize(40), CenterCrop(32)]):
         assert ImagePipeline(ops)([]).shape == (0, 3, 32, 32)
