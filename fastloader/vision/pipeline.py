@@ -116,11 +116,13 @@ class ImagePipeline:
     ``(batch_of_valid_samples, valid_mask)``; with ``"raise"`` (default) just the batch, and
     the first bad sample raises :class:`fastloader.DecodeError` naming its index and key.
 
-    ``fast_idct`` (default True, as FFCV does) uses libjpeg-turbo's fast integer IDCT:
-    about 12% faster, within a level or two of the accurate one (over 39 dB PSNR against
-    PIL's decode + resize on the benchmark set). ``fast_idct=False`` decodes exactly as
-    PIL does. Batches are written into buffers the pipeline reuses once the caller has dropped every
-    reference to an earlier batch (tensor, view or numpy array), or into ``out=``.
+    ``fast_idct=True`` uses libjpeg-turbo's fast integer IDCT (FFCV's choice): within a
+    level or two of the default accurate one, which decodes exactly as PIL does; on this
+    project's machine it was not measurably faster.
+
+    Batches are written into buffers the pipeline reuses once the caller has dropped every
+    reference to an earlier batch (tensor, view or numpy array) and it went to no other
+    process, or into ``out=``.
     """
 
     def __init__(
@@ -131,7 +133,7 @@ class ImagePipeline:
         layout: str = "NCHW",
         apply_exif_orientation: bool = False,
         dct_scaling: bool = True,
-        fast_idct: bool = True,
+        fast_idct: bool = False,
         on_error: str = "raise",
         pin_memory: bool = False,
         num_threads: int | None = None,
