@@ -4,11 +4,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
-#include <exception>
 
 #include "../common/parallel.h"
 #include "convert.h"

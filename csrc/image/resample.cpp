@@ -97,28 +97,26 @@ static inline void madd_rows(const uint8_t* a, const uint8_t* b, __m256i kk, __m
 }
 #endif
 
-// dst row y = sum over taps t of src row (first[y] + t) * coeff, element-wise over
-// row_elems contiguous bytes.
+// dst row y = sum over taps t of src row (first[y] - first_row + t) * coeff, element-wise
+// over row_elems contiguous bytes; src starts at source row first_row.
 static void vertical_pass(const uint8_t* src, size_t src_stride, size_t row_elems,
-                          const ResampleAxis& ay, uint8_t* dst) {
+                          const ResampleAxis& ay, int first_row, uint8_t* dst) {
   constexpr size_t kChunk = 512;
   int32_t acc[kChunk];
   for (int y = 0, n = ay.out_count(); y < n; ++y) {
     const int16_t* k = &ay.coeffs[size_t(y) * ay.ksize];
-    const uint8_t* rows = src + ptrdiff_t(ay.first[y]) * ptrdiff_t(src_stride);
+    const uint8_t* rows = src + ptrdiff_t(ay.first[y] - first_row) * ptrdiff_t(src_stride);
     const int taps = ay.taps[y];
     uint8_t* out = dst + size_t(y) * row_elems;
     size_t done = 0;
 #if defined(__AVX2__)
-    // Two taps per pmaddwd, 16 bytes at a time. An odd last tap pairs with a zero
-    // coefficient on the same row, so no row past the taps is read.
+    // Two taps per pmaddwd, 16 bytes at a time. An odd last tap pairs with the zero
+    // coefficient past it, times its own row again: no row past the taps is read.
     for (; done + 16 <= row_elems; done += 16) {
       __m256i lo = _mm256_set1_epi32(kHalf), hi = lo;
       for (int t = 0; t < taps; t += 2) {
         const uint8_t* a = rows + size_t(t) * src_stride + done;
-        const bool pair = t + 1 < taps;
-        madd_rows(a, pair ? a + src_stride : a, _mm256_set1_epi32(pair ? tap_pair(k, t) : uint16_t(k[t])),
-                  lo, hi);
+        madd_rows(a, t + 1 < taps ? a + src_stride : a, _mm256_set1_epi32(tap_pair(k, t)), lo, hi);
       }
       lo = _mm256_srai_epi32(lo, kPrecisionBits);
       hi = _mm256_srai_epi32(hi, kPrecisionBits);
@@ -264,16 +262,14 @@ void resample_u8(const uint8_t* src, size_t src_stride, int channels, const Resa
   if (out_h <= src_rows) {
     const size_t row_elems = size_t(ax.src_hi) * c;
     tmp.resize(size_t(out_h) * row_elems + kSpare);
-    vertical_pass(src, src_stride, row_elems, ay, tmp.data());
+    vertical_pass(src, src_stride, row_elems, ay, 0, tmp.data());
     horizontal_any(tmp.data(), row_elems, out_h, channels, ax, dst);
   } else {
     const size_t row_elems = size_t(out_w) * c;
     tmp.resize(size_t(src_rows) * row_elems + kSpare);
     horizontal_any(src + size_t(ay.src_lo) * src_stride, src_stride, src_rows, channels, ax,
                    tmp.data());
-    ResampleAxis shifted_y = ay;  // its rows now start at tmp's first row
-    shifted_y.rebase(ay.src_lo);
-    vertical_pass(tmp.data(), row_elems, row_elems, shifted_y, dst);
+    vertical_pass(tmp.data(), row_elems, row_elems, ay, ay.src_lo, dst);
   }
 }
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 # Colour photographs shipped inside the scikit-image / scikit-learn wheels.
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field",
-                  "retina", "ihc", "immunohistochemistry")
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina",
+                  "immunohistochemistry")
 SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
 
@@ -36,12 +36,9 @@ def bundled_photos() -> dict[str, np.ndarray]:
 
     photos: dict[str, np.ndarray] = {}
     for name in SKIMAGE_PHOTOS:
-        loader = getattr(skimage.data, name, None)
-        if loader is None or name in photos:
-            continue
         try:
-            img = np.asarray(loader())
-        except Exception:  # a loader that would need the network
+            img = np.asarray(getattr(skimage.data, name)())
+        except Exception:  # absent from this scikit-image, or would need the network
             continue
         if img.ndim == 3 and img.shape[2] >= 3 and img.dtype == np.uint8:
             photos[name] = np.ascontiguousarray(img[..., :3])

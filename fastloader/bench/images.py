@@ -14,7 +14,6 @@ Prints images/s, images/s per core and the ratios to (a) and (c); medians of int
 from __future__ import annotations
 
 import io
-import math
 import multiprocessing as mp
 import random
 import statistics

@@ -1,5 +1,4 @@
 """Corrupt, truncated, hostile or empty inputs: a DecodeError, never a crash."""
-import io
 import struct
 
 import numpy as np
