@@ -1,6 +1,16 @@
 """fastloader: high-throughput data loading for PyTorch."""
+from ._shm import SharedMemoryError
 from ._version import __version__
+from ._worker_info import get_worker_info
 from .errors import DecodeError
+from .loader import DataLoader
 from .vision import decode_jpeg
 
-__all__ = ["__version__", "DecodeError", "decode_jpeg"]
+__all__ = [
+    "__version__",
+    "DataLoader",
+    "DecodeError",
+    "SharedMemoryError",
+    "decode_jpeg",
+    "get_worker_info",
+]

@@ -1,0 +1,66 @@
+"""Copies batches to a device one batch ahead, on a side stream where the device has one."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data._utils.pin_memory import pin_memory
+
+
+def _move(data, device: torch.device):
+    return torch.utils._pytree.tree_map(
+        lambda x: x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x, data
+    )
+
+
+class DevicePrefetcher:
+    """Wraps a loader iterator; batch k+1 is on its way to `device` while k is used."""
+
+    def __init__(self, it, device: torch.device):
+        self._it = it
+        self._device = device
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._next = None
+        self._have_next = False
+        self._state = it.state()  # position as seen by the user, not the prefetch
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self._next, self._have_next = None, False
+            self._next_state = self._it.state()
+            return
+        self._next_state = self._it.state()
+        self._have_next = True
+        if self._stream is None:
+            self._next = _move(batch, self._device)
+            return
+        batch = pin_memory(batch, "cuda")  # async copies need page-locked sources
+        with torch.cuda.stream(self._stream):
+            self._next = _move(batch, self._device)
+
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        return len(self._it)
+
+    def state(self) -> dict:
+        return self._state
+
+    def __next__(self):
+        if not self._have_next:
+            self._state = self._next_state
+            raise StopIteration
+        batch, self._state = self._next, self._next_state
+        if self._stream is not None:
+            current = torch.cuda.current_stream(self._device)
+            current.wait_stream(self._stream)
+            torch.utils._pytree.tree_map(
+                lambda x: x.record_stream(current) if isinstance(x, torch.Tensor) else None, batch
+            )
+        self._load()
+        return batch
+
+    def __getattr__(self, name):  # state(), stats(), reset() of the wrapped iterator
+        return getattr(self._it, name)

@@ -1,0 +1,490 @@
+"""One pass over a DataLoader: torch's ordering rules, plus a resumable position.
+
+The order of work follows torch's `_MultiProcessingDataLoaderIter` exactly: the same
+random draws in the same order (sampler iterator, then the workers' base seed), tasks
+dealt round-robin to the workers still active, at most `prefetch_factor` per worker,
+results yielded in task order (or as they come with `in_order=False`), tasks of a worker
+whose iterable ran out skipped. That is what makes the batches equal to torch's.
+
+The position is explicit: the random state the epoch started from, how many batches were
+yielded, and per worker its last yielded state. `state()` returns it; a new iterator
+built from it re-draws the same permutation, skips the yielded batches without loading
+them, and restores each worker.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import torch
+from torch.utils.data import _utils as torch_utils
+from torch.utils.data.dataloader import _DatasetKind
+
+from ._worker_loop import WorkerSetup, _is_stateful
+from ._workers import ProcessPool, ThreadPool
+from .sampling import batch_indices
+
+STATE_VERSION = 1
+
+
+def _capture_rng(generator) -> torch.Tensor:
+    return generator.get_state() if generator is not None else torch.get_rng_state()
+
+
+def _draw_base_seed(generator) -> int:
+    return torch.empty((), dtype=torch.int64).random_(generator=generator).item()
+
+
+class _StageTimes:
+    def __init__(self):
+        self.batches = 0
+        self.wait_s = 0.0
+        self.fetch_s = 0.0
+        self.first_batch_s: float | None = None
+        self.per_worker: dict[int, int] = {}
+
+
+class LoaderIterator:
+    def __init__(self, loader, restore: dict | None = None):
+        self._loader = loader
+        self._kind = loader._dataset_kind
+        self._num_workers = loader.num_workers
+        self._in_order = loader.in_order
+        self._timeout = loader.timeout
+        self._created = time.perf_counter()
+        if self._num_workers == 0 and self._timeout != 0:
+            raise AssertionError("_SingleProcessDataLoaderIter requires timeout == 0")
+        self._pin_memory = loader.pin_memory and torch.accelerator.is_available()
+        _warn_pin_memory(loader)
+        self._pool = None
+        self._times = _StageTimes()
+        self._base_seed: int | None = None
+        self._drew_base_seed = False
+        self._start_epoch(restore, first=True)
+
+    # -- epoch set-up -----------------------------------------------------------------
+    def _start_epoch(self, restore: dict | None, first: bool) -> None:
+        loader = self._loader
+        g = loader.generator
+        if restore is not None:
+            restore = _checked_restore(restore, loader)
+            if restore["finished"] or restore["sampler_rng"] is None:
+                # Nothing of this epoch was drawn yet (or it ended): start it afresh,
+                # from the generator state it would have started from.
+                if g is not None and restore["fresh_rng"] is not None:
+                    g.set_state(restore["fresh_rng"])
+                restore = None
+        self._epoch_rng = g.get_state() if g is not None else None
+        self._sampler_iter = batch_indices(loader._index_sampler)
+        if restore is None:
+            if first:  # torch draws the workers' base seed once per iterator
+                self._base_seed = _draw_base_seed(g)
+            self._drew_base_seed = first
+        else:  # resuming draws nothing from the user's random state
+            self._base_seed = restore["base_seed"]
+            self._drew_base_seed = restore["drew_base_seed"]
+        self._sampler_rng = None
+        self._peeked = None
+        self._pos = 0  # epoch position of the next batch index drawn
+        self._skip_extra = set(restore["yielded_extra"]) if restore else set()
+        self._done_prefix = 0
+        self._done_extra: set[int] = set()
+        self._len_called = loader._IterableDataset_len_called
+        self._num_yielded = 0
+        self._finished = False
+        n = max(self._num_workers, 1)
+        self._wstate = [{"batches": 0, "exhausted": False} for _ in range(n)]
+        self._cycle = 0
+        replay_index = None
+        if restore is not None:
+            self._fast_forward(restore)
+            self._done_prefix = restore["yielded_prefix"]
+            self._done_extra = set(self._skip_extra)
+            self._num_yielded = restore["num_yielded"]
+            self._cycle = restore["cycle"]
+            self._wstate = [dict(w) for w in restore["workers"]]
+            if self._kind == _DatasetKind.Iterable:
+                replay_index = next(iter(loader._index_sampler))
+        self._cycle_after = self._cycle
+        if self._num_workers == 0:
+            self._start_serial(restore, replay_index)
+        else:
+            self._start_workers(restore, replay_index, first)
+
+    def _fast_forward(self, restore: dict) -> None:
+        """Re-draws the saved permutation and skips the batches already yielded."""
+        g = self._loader.generator
+        user_rng = torch.get_rng_state() if g is None else None
+        try:
+            if g is None:
+                torch.set_rng_state(restore["sampler_rng"])
+            else:
+                g.set_state(restore["sampler_rng"])
+            self._sampler_rng = restore["sampler_rng"]
+            for _ in range(restore["yielded_prefix"]):
+                self._pull_index()
+            try:  # lazy samplers draw their seed on the first next(): do it in here
+                self._peeked = self._pull_index()
+            except StopIteration:
+                self._peeked = StopIteration
+        finally:
+            if user_rng is not None:
+                torch.set_rng_state(user_rng)
+
+    def _worker_restore(self, w: int, replay_index) -> dict | None:
+        ws = self._wstate[w]
+        out: dict[str, Any] = {"rng": ws.get("rng")}
+        if self._kind == _DatasetKind.Iterable:
+            if "dataset" in ws:
+                out["dataset"] = ws["dataset"]
+            else:
+                out["replay"], out["replay_index"] = ws["batches"], replay_index
+        return out
+
+    def _start_serial(self, restore, replay_index) -> None:
+        loader = self._loader
+        ds = loader.dataset
+        if restore is not None and self._kind == _DatasetKind.Iterable:
+            ws = self._wstate[0]
+            if "dataset" in ws:
+                ds.load_state_dict(ws["dataset"])
+        self._fetcher = _DatasetKind.create_fetcher(
+            self._kind, ds, loader._auto_collation, loader.collate_fn, loader.drop_last
+        )
+        if restore is not None and self._kind == _DatasetKind.Iterable:
+            ws = self._wstate[0]
+            if "dataset" not in ws:
+                for _ in range(ws["batches"]):
+                    self._fetcher.fetch(replay_index)
+
+    def _setups(self) -> list[WorkerSetup]:
+        loader = self._loader
+        return [
+            WorkerSetup(
+                dataset_kind=self._kind,
+                dataset=loader.dataset,
+                auto_collation=loader._auto_collation,
+                collate_fn=loader.collate_fn,
+                drop_last=loader.drop_last,
+                base_seed=self._base_seed,
+                worker_init_fn=loader.worker_init_fn,
+                worker_id=i,
+                num_workers=self._num_workers,
+                in_process=loader.worker_type == "process",
+            )
+            for i in range(self._num_workers)
+        ]
+
+    def _start_workers(self, restore, replay_index, first: bool) -> None:
+        loader = self._loader
+        if self._pool is None:
+            if loader.worker_type == "thread":
+                self._pool = ThreadPool(self._setups())
+            else:
+                ctx = loader.multiprocessing_context or torch.multiprocessing
+                self._pool = ProcessPool(self._setups(), ctx)
+        for w in range(self._num_workers):
+            if restore is not None:
+                msg = ("epoch", self._worker_restore(w, replay_index))
+            else:
+                msg = ("epoch", None)
+            self._pool.send(w, msg)
+        self._prefetch = loader.prefetch_factor
+        self._send_idx = 0
+        self._rcvd_idx = 0
+        self._task_info: dict[int, tuple] = {}
+        self._outstanding = 0
+        self._active = [not w["exhausted"] for w in self._wstate]
+        self._num_tasks = [0] * self._num_workers
+        self._unstarted = isinstance(self._pool, ProcessPool) and not self._pool.procs
+        if self._unstarted:
+            # Worker 0 starts up while the sampler draws the first indices; the others
+            # are forked once the first batch is out (a fork stalls this process ~10 ms).
+            self._pool.start(0)
+        for _ in range(self._prefetch * self._num_workers):
+            self._try_put_index()
+
+    # -- indices ----------------------------------------------------------------------
+    def _pull_index(self):
+        if self._peeked is not None:
+            peeked, self._peeked = self._peeked, None
+            if peeked is StopIteration:
+                raise StopIteration
+            return peeked
+        if self._sampler_rng is None:
+            self._sampler_rng = _capture_rng(self._loader.generator)
+        index = next(self._sampler_iter)
+        pos = self._pos
+        self._pos += 1
+        return pos, index
+
+    def _next_index(self):
+        """(position, index) of the next batch still to load; StopIteration at the end."""
+        while True:
+            pos, index = self._pull_index()
+            if pos not in self._skip_extra:
+                return pos, index
+
+    def _try_put_index(self) -> None:
+        try:
+            pos, index = self._next_index()
+        except StopIteration:
+            return
+        max_tasks = self._prefetch * self._num_workers
+        for _ in range(self._num_workers):
+            w = self._cycle
+            self._cycle = (self._cycle + 1) % self._num_workers
+            if self._active[w] and (
+                self._in_order or self._num_tasks[w] < max_tasks // sum(self._active)
+            ):
+                break
+        else:
+            return
+        self._pool.send(w, ("task", self._send_idx, index))
+        self._task_info[self._send_idx] = (w, pos)
+        self._num_tasks[w] += 1
+        self._outstanding += 1
+        self._send_idx += 1
+
+    # -- iteration --------------------------------------------------------------------
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        return len(self._loader._index_sampler)
+
+    def __next__(self):
+        if self._finished:
+            raise StopIteration
+        start = time.perf_counter()
+        try:
+            data = self._next_serial() if self._num_workers == 0 else self._next_worker()
+        except StopIteration:
+            self._finish()
+            raise
+        now = time.perf_counter()
+        t = self._times
+        t.wait_s += now - start
+        t.batches += 1
+        if t.first_batch_s is None:
+            t.first_batch_s = now - self._created
+        self._num_yielded += 1
+        self._warn_len()
+        if self._pin_memory:
+            data = torch_utils.pin_memory.pin_memory(data, torch.accelerator.current_accelerator().type)
+        return data
+
+    def _next_serial(self):
+        pos, index = self._next_index()
+        t0 = time.perf_counter()
+        data = self._fetcher.fetch(index)
+        self._times.fetch_s += time.perf_counter() - t0
+        self._mark_done(pos)
+        ws = self._wstate[0]
+        ws["batches"] += 1
+        if self._kind == _DatasetKind.Iterable and _is_stateful(self._loader.dataset):
+            ws["dataset"] = self._loader.dataset.state_dict()
+        return data
+
+    def _start_the_rest(self) -> None:
+        if self._unstarted:
+            self._unstarted = False
+            self._pool.start_all()
+
+    def _next_worker(self):
+        if self._num_yielded > 0:
+            self._start_the_rest()
+        while True:
+            while self._rcvd_idx < self._send_idx:
+                info = self._task_info.get(self._rcvd_idx)
+                if info is not None:
+                    w = info[0]
+                    if len(info) == 3 or self._active[w]:
+                        break
+                    del self._task_info[self._rcvd_idx]
+                self._rcvd_idx += 1
+            else:
+                raise StopIteration
+            if len(self._task_info[self._rcvd_idx]) == 3:
+                w, pos, msg = self._task_info.pop(self._rcvd_idx)
+                self._rcvd_idx += 1
+                return self._yield(w, pos, msg)
+            w, msg = self._get()
+            self._outstanding -= 1
+            task_id = msg[1]
+            if msg[0] == "stop":
+                self._active[w] = False
+                self._wstate[w]["exhausted"] = True
+                self._try_put_index()
+                continue
+            if task_id != self._rcvd_idx:
+                if not self._in_order:
+                    w, pos = self._task_info.pop(task_id)
+                    return self._yield(w, pos, msg)
+                self._task_info[task_id] += (msg,)
+            else:
+                w, pos = self._task_info.pop(task_id)
+                self._rcvd_idx += 1
+                return self._yield(w, pos, msg)
+
+    def _get(self):
+        if self._unstarted and self._task_info.get(self._rcvd_idx, (0,))[0] != 0:
+            self._start_the_rest()  # the batch due next is not worker 0's
+        timeout = self._timeout if self._timeout > 0 else None
+        try:
+            got = self._pool.recv(timeout)
+        except RuntimeError:  # a worker died: the pass cannot go on
+            self._finished = True
+            self._shutdown()
+            raise
+        if got is None:
+            raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds")
+        return got
+
+    def _yield(self, w: int, pos: int, msg: tuple):
+        self._num_tasks[w] -= 1
+        self._try_put_index()
+        if msg[0] == "error":
+            msg[2].reraise()
+        _, _, data, state, fetch_s = msg
+        self._times.fetch_s += fetch_s
+        self._times.per_worker[w] = self._times.per_worker.get(w, 0) + 1
+        ws = self._wstate[w]
+        ws["batches"] += 1
+        ws.update(state)
+        self._mark_done(pos)
+        if self._in_order:
+            self._cycle_after = (w + 1) % self._num_workers
+        return data
+
+    def _mark_done(self, pos: int) -> None:
+        if pos == self._done_prefix:
+            self._done_prefix += 1
+            while self._done_prefix in self._done_extra:
+                self._done_extra.remove(self._done_prefix)
+                self._done_prefix += 1
+        else:
+            self._done_extra.add(pos)
+
+    def _warn_len(self) -> None:
+        if (
+            self._kind == _DatasetKind.Iterable
+            and self._len_called is not None
+            and self._num_yielded > self._len_called
+        ):
+            msg = (
+                f"Length of IterableDataset {self._loader.dataset} was reported to be "
+                f"{self._len_called}(when accessing len(dataloader)), but {self._num_yielded} "
+                "samples have been fetched. "
+            )
+            if self._num_workers > 0:
+                msg += (
+                    "For multiprocessing data-loading, this could be caused by not properly "
+                    "configuring the IterableDataset replica at each worker. Please see "
+                    "https://pytorch.org/docs/stable/data.html#torch.utils.data.IterableDataset "
+                    "for examples."
+                )
+            warnings.warn(msg, stacklevel=3)
+
+    # -- end, reuse, state ------------------------------------------------------------
+    def _finish(self) -> None:
+        self._finished = True
+        if not self._loader.persistent_workers:
+            self._shutdown()
+
+    def reset(self, restore: dict | None = None) -> None:
+        """Next epoch on the same (persistent) workers."""
+        if self._pool is not None and self._pool.closed:
+            self._pool = None
+        self._drain()
+        self._start_epoch(restore, first=False)
+
+    def _drain(self) -> None:
+        """Waits for outstanding tasks of the last epoch so their replies don't mix in."""
+        if self._pool is None or self._num_workers == 0:
+            return
+        while getattr(self, "_outstanding", 0) > 0:
+            w, msg = self._get()
+            self._outstanding -= 1
+
+    def state(self) -> dict:
+        workers = [dict(w) for w in self._wstate]
+        return {
+            "version": STATE_VERSION,
+            "finished": self._finished,
+            "dataset_kind": self._kind,
+            "num_workers": self._num_workers,
+            "in_order": self._in_order,
+            "sampler_rng": self._sampler_rng,
+            "fresh_rng": self._fresh_rng(),
+            "base_seed": self._base_seed,
+            "drew_base_seed": self._drew_base_seed,
+            "yielded_prefix": self._done_prefix,
+            "yielded_extra": sorted(self._done_extra),
+            "num_yielded": self._num_yielded,
+            "cycle": self._cycle_after if self._in_order else 0,
+            "workers": workers,
+        }
+
+    def _fresh_rng(self):
+        g = self._loader.generator
+        if g is None:
+            return None
+        return g.get_state() if self._finished else self._epoch_rng
+
+    def stats(self) -> dict:
+        t = self._times
+        return {
+            "batches": t.batches,
+            "time_to_first_batch_s": t.first_batch_s,
+            "wait_s": t.wait_s,
+            "fetch_s": t.fetch_s,
+            "batches_per_worker": dict(sorted(t.per_worker.items())),
+            "workers": self._num_workers,
+            "worker_type": self._loader.worker_type if self._num_workers else "main",
+        }
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def __del__(self):
+        try:
+            self._shutdown()
+        except Exception:
+            pass
+
+
+def _checked_restore(state: dict, loader) -> dict:
+    state = dict(state)
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"unsupported DataLoader state version {state.get('version')!r}")
+    if state["dataset_kind"] != loader._dataset_kind:
+        raise ValueError("DataLoader state was saved for a different kind of dataset")
+    same_workers = state["num_workers"] == loader.num_workers
+    if state["dataset_kind"] == _DatasetKind.Iterable and not same_workers:
+        raise ValueError(
+            "an IterableDataset resumes only with the num_workers it was saved with "
+            f"(saved {state['num_workers']}, now {loader.num_workers}): each worker holds "
+            "its own part of the stream"
+        )
+    if not same_workers:  # map-style: batches are exact; worker RNG states don't carry over
+        state["workers"] = [{"batches": 0, "exhausted": False} for _ in range(max(loader.num_workers, 1))]
+        state["cycle"] = state["yielded_prefix"] % max(loader.num_workers, 1)
+    return state
+
+
+def _warn_pin_memory(loader) -> None:
+    if loader.pin_memory and loader.pin_memory_device:
+        warnings.warn(
+            "pin_memory_device is deprecated, the current accelerator will be used as the device,"
+            f"ignore pin_memory_device='{loader.pin_memory_device}'.",
+            stacklevel=4,
+        )
+    if loader.pin_memory and not torch.accelerator.is_available():
+        warnings.warn(
+            "'pin_memory' argument is set as true but no accelerator is found, "
+            "then device pinned memory won't be used.",
+            stacklevel=4,
+        )

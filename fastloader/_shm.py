@@ -1,0 +1,223 @@
+"""Shared-memory transport of batches from process workers to the main process.
+
+Each worker owns an arena of memfd segments. Tensors of a batch live in (or are copied
+once into) the arena; the batch itself is pickled with the tensors replaced by
+(segment, dtype, shape, stride, offset) references, so only a few hundred bytes cross
+the socket. The main process maps each segment once and builds the tensors as views of
+it. When every tensor of a batch is gone, the main process hands the batch's segments
+back to the worker, which reuses them: no per-batch shm_open/mmap/unlink, no fd passing
+after a segment's first use, and memfds vanish with the processes (nothing can leak).
+Segments are reserved with posix_fallocate, so running out of memory is an error, not
+a SIGBUS on first touch.
+"""
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import pickle
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+_ALIGN = 64
+_MIN_SEGMENT = 1 << 20
+
+
+class SharedMemoryError(RuntimeError):
+    """A worker could not get shared memory for a batch."""
+
+
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def _is_plain_cpu_tensor(obj) -> bool:
+    return (
+        type(obj) is torch.Tensor
+        and obj.device.type == "cpu"
+        and obj.layout == torch.strided
+        and not obj.requires_grad
+        and not obj.is_quantized
+        and not obj.is_nested
+    )
+
+
+def _dense_span(t: torch.Tensor) -> bool:
+    """True when t's elements exactly fill numel slots (any dense memory format)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: d[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+@dataclass
+class _Segment:
+    id: int
+    fd: int
+    size: int
+    mm: mmap.mmap
+    bytes: torch.Tensor  # uint8 view of the whole segment
+    used: int = 0
+    busy: bool = False
+    sent: bool = False  # the fd already went to the main process
+
+
+@dataclass
+class WorkerArena:
+    """Worker side: allocates tensors in shared segments and pickles batches over them."""
+
+    worker_id: int
+    segments: dict[int, _Segment] = field(default_factory=dict)
+    _touched: list[int] = field(default_factory=list)
+    _next_id: int = 0
+
+    # -- allocation --------------------------------------------------------------------
+    def _new_segment(self, nbytes: int) -> _Segment:
+        size = _round_up(max(nbytes + nbytes // 4, _MIN_SEGMENT), mmap.PAGESIZE)
+        fd = os.memfd_create(f"fastloader-w{self.worker_id}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            os.posix_fallocate(fd, 0, size)
+            mm = mmap.mmap(fd, size)
+        except OSError as e:
+            os.close(fd)
+            raise SharedMemoryError(
+                f"DataLoader worker {self.worker_id}: could not reserve {size / 2**20:.1f} MiB "
+                f"of shared memory for a batch ({e.strerror}). Free memory, or lower "
+                "batch_size / prefetch_factor / num_workers."
+            ) from None
+        seg = _Segment(self._next_id, fd, size, mm, torch.frombuffer(mm, dtype=torch.uint8))
+        self.segments[seg.id] = seg
+        self._next_id += 1
+        return seg
+
+    def reserve(self, nbytes: int = _MIN_SEGMENT) -> None:
+        """Creates a free segment ahead of the first batch."""
+        if not self.segments:
+            self._new_segment(nbytes)
+
+    def _room_in(self, seg: _Segment, nbytes: int) -> int | None:
+        start = _round_up(seg.used, _ALIGN)
+        return start if start + nbytes <= seg.size else None
+
+    def alloc(self, nbytes: int) -> tuple[_Segment, int]:
+        """Reserves nbytes in a segment of the current batch; returns (segment, offset)."""
+        for sid in reversed(self._touched):
+            seg = self.segments[sid]
+            start = self._room_in(seg, nbytes)
+            if start is not None:
+                seg.used = start + nbytes
+                return seg, start
+        free = [s for s in self.segments.values() if not s.busy and s.size >= nbytes]
+        seg = min(free, key=lambda s: s.size) if free else self._new_segment(nbytes)
+        seg.busy, seg.used = True, nbytes
+        self._touched.append(seg.id)
+        return seg, 0
+
+    def empty(self, size, dtype: torch.dtype, stride=None) -> torch.Tensor:
+        """An uninitialised tensor living in the arena."""
+        numel = 1
+        for s in size:
+            numel *= s
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        seg, offset = self.alloc(max(numel, 1) * itemsize)
+        if stride is None:
+            stride = torch.empty(size, dtype=dtype, device="meta").stride()
+        return seg.bytes.view(dtype).as_strided(size, stride, offset // itemsize)
+
+    def release(self, segment_ids) -> None:
+        for sid in segment_ids:
+            seg = self.segments.get(sid)
+            if seg is not None:
+                seg.busy, seg.used = False, 0
+
+    def abandon_batch(self) -> None:
+        """Frees what a failed batch had taken."""
+        self.release(self._touched)
+        self._touched = []
+
+    def _find(self, t: torch.Tensor) -> _Segment | None:
+        ptr = t.untyped_storage().data_ptr()
+        for sid in self._touched:
+            seg = self.segments[sid]
+            if seg.bytes.data_ptr() == ptr:
+                return seg
+        return None
+
+    # -- pickling ------------------------------------------------------------------------
+    def pack(self, obj) -> tuple[bytes, list[int], list[tuple[int, int]]]:
+        """Pickles obj; returns (payload, segment ids it uses, new (id, fd) to send)."""
+        buf = io.BytesIO()
+        try:
+            _ArenaPickler(buf, self).dump(obj)
+        except BaseException:
+            self.abandon_batch()
+            raise
+        used, self._touched = self._touched, []
+        new = []
+        for sid in used:
+            seg = self.segments[sid]
+            if not seg.sent:
+                seg.sent = True
+                new.append((sid, seg.fd))
+        return buf.getvalue(), used, new
+
+
+class _ArenaPickler(pickle.Pickler):
+    def __init__(self, file, arena: WorkerArena):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.arena = arena
+
+    def persistent_id(self, obj):
+        if not _is_plain_cpu_tensor(obj):
+            return None
+        seg = self.arena._find(obj)
+        if seg is None:  # not made in the arena: one copy into it
+            stride = obj.stride() if _dense_span(obj) else None
+            dst = self.arena.empty(obj.shape, obj.dtype, stride)
+            dst.copy_(obj)
+            obj, seg = dst, self.arena._find(dst)
+        return ("t", seg.id, obj.dtype, tuple(obj.shape), obj.stride(), obj.storage_offset())
+
+
+class MainSegments:
+    """Main side: the segments of one worker, mapped once; batches unpickled over them."""
+
+    def __init__(self, on_release):
+        self._arrays: dict[int, np.ndarray] = {}
+        self._on_release = on_release  # called with a list of segment ids, any thread
+
+    def add(self, segment_id: int, fd: int) -> None:
+        try:
+            size = os.fstat(fd).st_size
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._arrays[segment_id] = np.frombuffer(mm, dtype=np.uint8)
+
+    def unpack(self, payload: bytes, segment_ids: list[int]):
+        leases = {}
+        for sid in segment_ids:
+            # A fresh ndarray per batch: when the last tensor viewing it dies, the
+            # finalizer hands the segment back to its worker.
+            lease = self._arrays[sid][:]
+            weakref.finalize(lease, self._on_release, sid)
+            leases[sid] = torch.from_numpy(lease)
+        return _ArenaUnpickler(io.BytesIO(payload), leases).load()
+
+
+class _ArenaUnpickler(pickle.Unpickler):
+    def __init__(self, file, leases):
+        super().__init__(file)
+        self.leases = leases
+
+    def persistent_load(self, pid):
+        _, sid, dtype, shape, stride, offset = pid
+        return self.leases[sid].view(dtype).as_strided(shape, stride, offset)

@@ -1,0 +1,146 @@
+"""`fastloader.DataLoader`: torch's DataLoader, same arguments and batches, resumable.
+
+It subclasses `torch.utils.data.DataLoader`, so argument checking, default samplers,
+collation, `len()` and every error for misuse are torch's own. The iteration is
+fastloader's (`_iteration.LoaderIterator`): process workers that pass batches through
+reused shared memory, or threads; an explicit position for `state_dict()`; stage counts
+for `stats()`; optional prefetch of batches to a device.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.utils.data as tud
+from torch.utils.data.datapipes.datapipe import IterDataPipe, MapDataPipe
+
+from . import _collate_hook, _worker_info
+from ._device import DevicePrefetcher
+from ._iteration import LoaderIterator
+
+_collate_hook.install()
+_worker_info.install()
+
+WORKER_TYPES = ("process", "thread")
+
+
+class DataLoader(tud.DataLoader):
+    """A drop-in `torch.utils.data.DataLoader` with exact mid-epoch resume.
+
+    Takes torch's arguments with torch's meaning, plus:
+
+    - `worker_type`: "process" (default; any Python dataset) or "thread" (for
+      fastloader's pipelines, whose compiled calls release the GIL).
+    - `device`: if set (e.g. "cuda"), batches are copied there ahead of use on a side
+      stream; "cpu" leaves them where they are.
+
+    and the methods `state_dict()` / `load_state_dict()` (resume exactly after the last
+    yielded batch) and `stats()`.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        batch_size: int | None = 1,
+        shuffle: bool | None = None,
+        sampler=None,
+        batch_sampler=None,
+        num_workers: int = 0,
+        collate_fn=None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        timeout: float = 0,
+        worker_init_fn=None,
+        multiprocessing_context=None,
+        generator=None,
+        *,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+        pin_memory_device: str = "",
+        in_order: bool = True,
+        worker_type: str = "process",
+        device: str | torch.device | None = None,
+    ) -> None:
+        if worker_type not in WORKER_TYPES:
+            raise ValueError(f"worker_type must be one of {WORKER_TYPES}, got {worker_type!r}")
+        super().__init__(
+            dataset,
+            batch_size,
+            shuffle,
+            sampler,
+            batch_sampler,
+            num_workers,
+            collate_fn,
+            pin_memory,
+            drop_last,
+            timeout,
+            worker_init_fn,
+            multiprocessing_context,
+            generator,
+            prefetch_factor=prefetch_factor,
+            persistent_workers=persistent_workers,
+            pin_memory_device=pin_memory_device,
+            in_order=in_order,
+        )
+        self.worker_type = worker_type
+        self.device = None if device is None else torch.device(device)
+        if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but torch has no CUDA device here")
+        self._pending_state: dict | None = None
+        self._last: LoaderIterator | None = None
+        self._state_source = None  # the iterator the user holds (maybe a prefetcher)
+
+    def _uses_torch_iterator(self) -> bool:
+        return isinstance(self.dataset, (IterDataPipe, MapDataPipe))
+
+    def _get_iterator(self):
+        if self._uses_torch_iterator():
+            return super()._get_iterator()
+        if self.num_workers > 0:
+            self.check_worker_number_rationality()
+        restore, self._pending_state = self._pending_state, None
+        self._last = LoaderIterator(self, restore)
+        return self._last
+
+    def __iter__(self):
+        if self._uses_torch_iterator():
+            return super().__iter__()
+        if self.persistent_workers and self.num_workers > 0:
+            if self._iterator is None:
+                self._iterator = self._get_iterator()
+            else:
+                restore, self._pending_state = self._pending_state, None
+                self._iterator.reset(restore)
+            it = self._iterator
+        else:
+            it = self._get_iterator()
+        if self.device is not None:
+            it = DevicePrefetcher(it, self.device)
+        self._state_source = it
+        return it
+
+    # -- resume ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last batch yielded by the most recent iterator.
+
+        A loader built the same way and given this state yields exactly the batches this
+        one would yield next (for map-style datasets with any num_workers; iterable
+        datasets need the same num_workers). Pass a `generator` for exactly repeatable
+        epochs after the saved one; otherwise they draw from torch's global RNG.
+        """
+        if self._pending_state is not None:
+            return self._pending_state
+        if self._state_source is None:
+            return {}
+        return self._state_source.state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The next `iter(loader)` resumes from `state` (an empty dict: from the start)."""
+        if self._iterator is not None:  # persistent workers restart from the state
+            self._iterator._shutdown()
+            self._iterator = None
+        self._pending_state = dict(state) if state else None
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and times of the most recent pass: batches, waits, worker fetch time."""
+        return self._last.stats() if self._last is not None else {}

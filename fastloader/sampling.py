@@ -1,0 +1,60 @@
+"""Index streams equal to torch's default samplers', cheaper to start.
+
+`iter(BatchSampler(RandomSampler(ds), bs, drop_last))` turns the whole permutation into a
+Python list before the first batch (`randperm(n).tolist()`, ~1.5 ms per 100k indices).
+`batch_indices` yields the same batches, drawing the same random numbers at the same
+moments, but converts one batch at a time. Any other sampler is iterated as it is.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import BatchSampler, RandomSampler
+
+
+def _permutation_chunks(sampler: RandomSampler) -> Iterator[torch.Tensor]:
+    """RandomSampler.__iter__ (replacement=False), yielding tensors instead of ints."""
+    n = len(sampler.data_source)
+    if sampler.generator is None:
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+    else:
+        generator = sampler.generator
+    for _ in range(sampler.num_samples // n):
+        yield torch.randperm(n, generator=generator)
+    # torch draws this last permutation even when no element of it is used
+    yield torch.randperm(n, generator=generator)[: sampler.num_samples % n]
+
+
+def _batches(chunks: Iterator[torch.Tensor], batch_size: int, drop_last: bool):
+    carry: list[int] = []
+    for chunk in chunks:
+        pos = 0
+        if carry:
+            pos = batch_size - len(carry)
+            carry += chunk[:pos].tolist()
+            if len(carry) < batch_size:
+                continue
+            yield carry
+            carry = []
+        end = len(chunk)
+        while pos + batch_size <= end:
+            yield chunk[pos : pos + batch_size].tolist()
+            pos += batch_size
+        carry = chunk[pos:].tolist()
+    if carry and not drop_last:
+        yield carry
+
+
+def batch_indices(index_sampler) -> Iterator:
+    """An iterator over index_sampler: lazy for torch's shuffled default, else plain."""
+    if (
+        type(index_sampler) is BatchSampler
+        and type(index_sampler.sampler) is RandomSampler
+        and not index_sampler.sampler.replacement
+    ):
+        s = index_sampler
+        return _batches(_permutation_chunks(s.sampler), s.batch_size, s.drop_last)
+    return iter(index_sampler)
