@@ -38,8 +38,14 @@ class WorkerSetup:
 def rng_state() -> tuple:
     import numpy as np
 
-    # Plain bytes, not a tensor: unpickling a tensor goes through torch.load (~0.4 ms).
-    return torch.get_rng_state().numpy().tobytes(), random.getstate(), np.random.get_state()
+    # Plain bytes and tuples: unpickling a tensor goes through torch.load (~0.4 ms), and
+    # torch.load(weights_only=True) of a saved loader state refuses numpy arrays.
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return (
+        torch.get_rng_state().numpy().tobytes(),
+        random.getstate(),
+        (name, keys.tobytes(), pos, has_gauss, gauss),
+    )
 
 
 def set_rng_state(state: tuple) -> None:
@@ -47,7 +53,8 @@ def set_rng_state(state: tuple) -> None:
 
     torch.set_rng_state(torch.frombuffer(bytearray(state[0]), dtype=torch.uint8))
     random.setstate(state[1])
-    np.random.set_state(state[2])
+    name, keys, pos, has_gauss, gauss = state[2]
+    np.random.set_state((name, np.frombuffer(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
 
 def _seed_process(base_seed: int, worker_id: int) -> int:

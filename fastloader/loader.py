@@ -16,7 +16,7 @@ from torch.utils.data.datapipes.datapipe import IterDataPipe, MapDataPipe
 
 from . import _collate_hook, _worker_info
 from ._device import DevicePrefetcher
-from ._iteration import LoaderIterator
+from ._iteration import LoaderIterator, _checked_restore
 
 _collate_hook.install()
 _worker_info.install()
@@ -136,6 +136,8 @@ class DataLoader(tud.DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next `iter(loader)` resumes from `state` (an empty dict: from the start)."""
+        if state:
+            _checked_restore(state, self)  # fail here, not at the next iter()
         if self._iterator is not None:  # persistent workers restart from the state
             self._iterator._shutdown()
             self._iterator = None

@@ -1,0 +1,153 @@
+"""state_dict() / load_state_dict(): a restored loader yields exactly what was left."""
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import fastloader
+
+from _loader_data import RichDataset, ShardedStream, StatefulStream, assert_same
+
+
+def _seed_all(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _global_rng():
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _set_global_rng(state):
+    torch.set_rng_state(state[0])
+    np.random.set_state(state[1])
+    random.setstate(state[2])
+
+
+def _roundtrip(state):
+    """Through torch.save / torch.load(weights_only=True), as a checkpoint would go."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def _make(dataset_fn, with_generator, **kwargs):
+    gen = torch.Generator().manual_seed(99) if with_generator else None
+    return fastloader.DataLoader(dataset_fn(), generator=gen, **kwargs)
+
+
+def check_resume(dataset_fn, cut, epochs=1, with_generator=True, restore_workers=None, **kwargs):
+    _seed_all(0)
+    reference = _make(dataset_fn, with_generator, **kwargs)
+    expected = [b for _ in range(epochs) for b in reference]
+    cut = min(cut, len(expected) // epochs)
+
+    _seed_all(0)
+    first = _make(dataset_fn, with_generator, **kwargs)
+    it = iter(first)
+    got = [next(it) for _ in range(cut)]
+    state, rng = _roundtrip(first.state_dict()), _global_rng()
+    del it, first
+
+    _seed_all(12345)  # a restarted job: nothing left of the first run's random state
+    if restore_workers is not None:
+        kwargs["num_workers"] = restore_workers
+        if restore_workers == 0:
+            kwargs.pop("prefetch_factor", None)
+            kwargs.pop("persistent_workers", None)
+    second = _make(dataset_fn, with_generator, **kwargs)
+    second.load_state_dict(state)
+    _set_global_rng(rng)  # what a training checkpoint restores beside the loader
+    for _ in range(epochs):
+        got += list(second)
+    assert len(got) == len(expected)
+    assert_same(got, expected)
+
+
+CUTS = [0, 1, 3, 7, 11]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+@pytest.mark.parametrize("cut", CUTS)
+def test_map_style_process_workers(num_workers, cut):
+    check_resume(RichDataset, cut, batch_size=5, shuffle=True, num_workers=num_workers)
+
+
+@pytest.mark.parametrize("cut", [0, 4, 10])
+def test_map_style_global_rng_and_two_epochs(cut):
+    check_resume(RichDataset, cut, epochs=2, with_generator=False, batch_size=5, shuffle=True, num_workers=2)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+@pytest.mark.parametrize("cut", [0, 2, 9])
+def test_map_style_thread_workers(num_workers, cut):
+    check_resume(
+        lambda: RichDataset(random_draws=False), cut, epochs=2, batch_size=5, shuffle=True,
+        num_workers=num_workers, worker_type="thread",
+    )
+
+
+@pytest.mark.parametrize("restore_workers", [0, 1, 3])
+def test_map_style_resumes_with_other_worker_counts(restore_workers):
+    check_resume(
+        lambda: RichDataset(random_draws=False), 6, epochs=2, batch_size=4, shuffle=True,
+        num_workers=2, restore_workers=restore_workers,
+    )
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+@pytest.mark.parametrize("cut", [0, 2, 5, 8])
+@pytest.mark.parametrize("dataset", [ShardedStream, lambda: ShardedStream(uneven=True), StatefulStream],
+                         ids=["replayed", "uneven", "stateful"])
+def test_iterable(num_workers, cut, dataset):
+    check_resume(dataset, cut, batch_size=3, num_workers=num_workers)
+
+
+@pytest.mark.parametrize("worker_type", ["process", "thread"])
+def test_iterable_thread_and_process_workers_two_epochs(worker_type):
+    check_resume(ShardedStream, 4, epochs=2, batch_size=3, num_workers=2, worker_type=worker_type)
+
+
+def test_persistent_workers():
+    check_resume(RichDataset, 5, epochs=2, batch_size=4, shuffle=True, num_workers=2, persistent_workers=True)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 9])
+def test_in_order_false_delivers_every_remaining_batch_once(cut):
+    ds = RichDataset(n=60, random_draws=False)
+    loader = fastloader.DataLoader(ds, batch_size=4, num_workers=2, in_order=False)
+    it = iter(loader)
+    first = [next(it) for _ in range(cut)]
+    state = _roundtrip(loader.state_dict())
+    del it
+    second = fastloader.DataLoader(ds, batch_size=4, num_workers=2, in_order=False)
+    second.load_state_dict(state)
+    names = sorted(n for b in first + list(second) for n in b["name"])
+    assert names == sorted(f"sample-{i}" for i in range(60))
+
+
+def test_state_after_an_epoch_starts_the_next_one():
+    check_resume(RichDataset, 11, epochs=2, batch_size=5, shuffle=True, num_workers=2)  # 11 = len
+
+
+def test_iterable_refuses_another_worker_count():
+    loader = fastloader.DataLoader(ShardedStream(), batch_size=2, num_workers=2)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    other = fastloader.DataLoader(ShardedStream(), batch_size=2, num_workers=1)
+    with pytest.raises(ValueError, match="only with the num_workers it was saved with"):
+        other.load_state_dict(state)
+
+
+def test_empty_state_means_from_the_start():
+    loader = fastloader.DataLoader(RichDataset(random_draws=False), batch_size=4)
+    assert loader.state_dict() == {}
+    loader.load_state_dict({})
+    assert len(list(loader)) == len(loader)
