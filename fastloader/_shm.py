@@ -45,16 +45,19 @@ def _is_plain_cpu_tensor(obj) -> bool:
     )
 
 
-def _dense_span(t: torch.Tensor) -> bool:
-    """True when t's elements exactly fill numel slots (any dense memory format)."""
-    expected = 1
-    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: d[1]):
-        if size == 1:
-            continue
-        if stride != expected:
-            return False
-        expected *= size
-    return True
+def _span(t: torch.Tensor) -> int:
+    """Elements of storage t reaches from its offset (torch strides are never negative)."""
+    if t.numel() == 0:
+        return 0
+    return 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+
+
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
 
 
 @dataclass
@@ -81,27 +84,37 @@ class WorkerArena:
     # -- allocation --------------------------------------------------------------------
     def _new_segment(self, nbytes: int) -> _Segment:
         size = _round_up(max(nbytes + nbytes // 4, _MIN_SEGMENT), mmap.PAGESIZE)
+        if size > _MIN_SEGMENT and size > _available_bytes():
+            # fallocate would take memory page by page until the OOM killer steps in
+            self._fail(nbytes, "more than the memory available")
         fd = os.memfd_create(f"fastloader-w{self.worker_id}", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, size)
-            os.posix_fallocate(fd, 0, size)
+            os.posix_fallocate(fd, 0, size)  # reserved now: no SIGBUS on first touch
             mm = mmap.mmap(fd, size)
         except OSError as e:
             os.close(fd)
-            raise SharedMemoryError(
-                f"DataLoader worker {self.worker_id}: could not reserve {size / 2**20:.1f} MiB "
-                f"of shared memory for a batch ({e.strerror}). Free memory, or lower "
-                "batch_size / prefetch_factor / num_workers."
-            ) from None
+            self._fail(nbytes, e.strerror)
         seg = _Segment(self._next_id, fd, size, mm, torch.frombuffer(mm, dtype=torch.uint8))
         self.segments[seg.id] = seg
         self._next_id += 1
         return seg
 
+    def _fail(self, size: int, why: str):
+        raise SharedMemoryError(
+            f"DataLoader worker {self.worker_id}: could not reserve {size / 2**20:.1f} MiB of "
+            f"shared memory for a batch ({why}). Free memory, or lower batch_size / "
+            "prefetch_factor / num_workers."
+        )
+
     def reserve(self, nbytes: int = _MIN_SEGMENT) -> None:
-        """Creates a free segment ahead of the first batch."""
+        """Creates a free segment ahead of the first batch (if it can: else the batch
+        itself will report why)."""
         if not self.segments:
-            self._new_segment(nbytes)
+            try:
+                self._new_segment(nbytes)
+            except SharedMemoryError:
+                pass
 
     def _room_in(self, seg: _Segment, nbytes: int) -> int | None:
         start = _round_up(seg.used, _ALIGN)
@@ -179,11 +192,14 @@ class _ArenaPickler(pickle.Pickler):
         if not _is_plain_cpu_tensor(obj):
             return None
         seg = self.arena._find(obj)
-        if seg is None:  # not made in the arena: one copy into it
-            stride = obj.stride() if _dense_span(obj) else None
-            dst = self.arena.empty(obj.shape, obj.dtype, stride)
-            dst.copy_(obj)
-            obj, seg = dst, self.arena._find(dst)
+        if seg is None:
+            # Not made in the arena: copy the storage span it views, strides kept (a
+            # row of a big tensor copies the row; an expanded tensor stays small).
+            span = _span(obj)
+            flat = self.arena.empty((span,), obj.dtype)
+            flat.copy_(obj.as_strided((span,), (1,), obj.storage_offset()))
+            seg = self.arena._find(flat)
+            return ("t", seg.id, obj.dtype, tuple(obj.shape), obj.stride(), flat.storage_offset())
         return ("t", seg.id, obj.dtype, tuple(obj.shape), obj.stride(), obj.storage_offset())
 
 

@@ -1,0 +1,243 @@
+"""Worker faults: clear errors, quickly, and nothing left behind."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+import torch.utils.data as tud
+
+import fastloader
+
+from _loader_data import FailingDataset, SquareDataset
+
+
+def _children() -> set[int]:
+    me = str(os.getpid())
+    kids = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me and fields[0] != "Z":
+                kids.add(int(pid))
+    return kids
+
+
+def _wait_gone(pids, seconds=5.0) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = {p for p in pids if os.path.exists(f"/proc/{p}") and _state(p) != "Z"}
+        if not alive:
+            return set()
+        time.sleep(0.05)
+    return alive
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+class KillSelf(tud.Dataset):
+    def __init__(self, at: int, sig=signal.SIGKILL):
+        self.at, self.sig = at, sig
+
+    def __len__(self):
+        return 100
+
+    def __getitem__(self, i):
+        if i == self.at:
+            os.kill(os.getpid(), self.sig)
+        return torch.tensor(i)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV, signal.SIGTERM])
+def test_worker_killed_by_a_signal_is_named_quickly(sig):
+    loader = fastloader.DataLoader(KillSelf(9, sig), batch_size=2, num_workers=2)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=rf"DataLoader worker \d \(pid \d+\) was killed by signal {sig.name}"):
+        for _ in loader:
+            pass
+    assert time.monotonic() - start < 5
+    assert not _wait_gone(loader._last._pool.pids)  # the other worker is ended too
+
+
+@pytest.mark.parametrize("worker_type,num_workers", [("process", 0), ("process", 2), ("thread", 2)])
+def test_dataset_exception_is_reraised_with_the_worker_traceback(worker_type, num_workers):
+    loader = fastloader.DataLoader(FailingDataset(bad=5), batch_size=2, num_workers=num_workers,
+                                   worker_type=worker_type)
+    got = []
+    with pytest.raises(KeyError) as err:
+        for b in loader:
+            got.append(b)
+    assert len(got) == 2  # batches before the bad one arrived
+    text = str(err.value)
+    assert "item 5 is broken" in text
+    if num_workers:
+        kind = "process" if worker_type == "process" else "thread"
+        assert f"Caught KeyError in DataLoader worker {kind}" in text
+        assert "Original Traceback" in text and "__getitem__" in text
+
+
+def test_exception_message_matches_torch():
+    def message(cls):
+        with pytest.raises(KeyError) as err:
+            list(cls(FailingDataset(bad=3), batch_size=2, num_workers=1))
+        return str(err.value)
+
+    ours, theirs = message(fastloader.DataLoader), message(tud.DataLoader)
+    assert ours.splitlines()[0] == theirs.splitlines()[0]
+    assert ours.splitlines()[-1] == theirs.splitlines()[-1]
+
+
+def test_iteration_continues_after_a_worker_exception_like_torch():
+    def run(cls):
+        it = iter(cls(FailingDataset(bad=4), batch_size=2, num_workers=2))
+        out = []
+        while True:
+            try:
+                out.append(next(it).tolist())
+            except KeyError:
+                out.append("error")
+            except StopIteration:
+                return out
+
+    assert run(fastloader.DataLoader) == run(tud.DataLoader)
+
+
+class Slow(tud.Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        time.sleep(3 if i >= 2 else 0)
+        return i
+
+
+def test_timeout_is_honoured():
+    loader = fastloader.DataLoader(Slow(), batch_size=2, num_workers=1, timeout=0.5)
+    it = iter(loader)
+    next(it)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"DataLoader timed out after 0.5 seconds"):
+        next(it)
+    assert time.monotonic() - start < 2
+
+
+def test_timeout_without_workers_is_refused_like_torch():
+    with pytest.raises(AssertionError, match="timeout == 0"):
+        iter(fastloader.DataLoader(Slow(), timeout=1))
+    with pytest.raises(AssertionError, match="timeout == 0"):
+        iter(tud.DataLoader(Slow(), timeout=1))
+
+
+class HugeView(tud.Dataset):
+    """Items view a sparse 256 GiB file: far more than this machine could share."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.from_file(self.path, shared=True, size=1 << 38, dtype=torch.uint8)
+
+
+def test_shared_memory_exhausted_is_a_clear_error(tmp_path):
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as f:
+        f.truncate(1 << 38)
+    loader = fastloader.DataLoader(HugeView(str(path)), batch_size=None, num_workers=1)
+    with pytest.raises(fastloader.SharedMemoryError, match=r"could not reserve 262144\.0 MiB of shared memory"):
+        next(iter(loader))
+
+
+def test_fallocate_failure_is_a_clear_error():
+    def no_space(worker_id):
+        def refuse(fd, offset, length):
+            raise OSError(28, "No space left on device")
+
+        os.posix_fallocate = refuse  # in the worker process only
+
+    loader = fastloader.DataLoader(SquareDataset(), batch_size=4, num_workers=1, worker_init_fn=no_space)
+    with pytest.raises(fastloader.SharedMemoryError, match="No space left on device"):
+        next(iter(loader))
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_abandoned_iterator_and_deleted_loader_leave_nothing(persistent):
+    before_fds, before_kids = _fds(), _children()
+    for _ in range(3):
+        loader = fastloader.DataLoader(SquareDataset(400), batch_size=4, num_workers=2,
+                                       persistent_workers=persistent)
+        it = iter(loader)
+        batches = [next(it) for _ in range(5)]
+        pids = set(loader._last._pool.pids)
+        assert pids <= _children()
+        del it, loader, batches
+        import gc
+
+        gc.collect()
+        assert not _wait_gone(pids), "workers outlived their loader"
+    assert _children() <= before_kids
+    assert _fds() <= before_fds + 2
+
+
+def test_memory_is_reused_batch_after_batch():
+    loader = fastloader.DataLoader(SquareDataset(4000), batch_size=8, num_workers=2)
+    for _ in loader:
+        pass
+    segments = [len(s._arrays) for s in loader._last._pool.segments]
+    assert max(segments) <= 2 * (loader.prefetch_factor + 2), segments
+
+
+def test_batches_kept_by_the_user_stay_intact():
+    loader = fastloader.DataLoader(SquareDataset(400), batch_size=8, num_workers=2)
+    kept = list(loader)
+    expected = list(tud.DataLoader(SquareDataset(400), batch_size=8))
+    assert all(torch.equal(a, b) for a, b in zip(kept, expected))
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, torch, fastloader
+    class DS(torch.utils.data.Dataset):
+        def __len__(self): return 1000
+        def __getitem__(self, i): return torch.full((64,), i)
+    loader = fastloader.DataLoader(DS(), batch_size=4, num_workers=2,
+                                   persistent_workers=sys.argv[1] == "1")
+    it = iter(loader)
+    next(it); next(it)
+    print(" ".join(map(str, loader._last._pool.pids)), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("persistent", ["0", "1"])
+def test_interpreter_exit_ends_the_workers(tmp_path, persistent):
+    script = tmp_path / "exit.py"
+    script.write_text(SCRIPT)
+    out = subprocess.run([sys.executable, str(script), persistent], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    pids = {int(p) for p in out.stdout.split()}
+    assert len(pids) == 2
+    assert not _wait_gone(pids), "workers outlived the interpreter"
+    assert "Traceback" not in out.stderr, out.stderr
