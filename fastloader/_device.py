@@ -14,8 +14,10 @@ def _move(data, device: torch.device):
 class DevicePrefetcher:
     """Wraps a loader iterator; batch k+1 is on its way to `device` while k is used."""
 
-    def __init__(self, it, device: torch.device):
+    def __init__(self, it, device: torch.device, loader):
         self._it = it
+        it._reports = False  # it runs a batch ahead: the position to keep is ours
+        self._loader = loader
         self._device = device
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._next = None
@@ -61,6 +63,12 @@ class DevicePrefetcher:
             )
         self._load()
         return batch
+
+    def __del__(self):
+        try:
+            self._loader._keep(self._state, self._it.stats())
+        except Exception:
+            pass
 
     def __getattr__(self, name):  # state(), stats(), reset() of the wrapped iterator
         return getattr(self._it, name)

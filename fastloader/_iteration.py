@@ -58,6 +58,7 @@ class LoaderIterator:
         self._pin_memory = loader.pin_memory and torch.accelerator.is_available()
         _warn_pin_memory(loader)
         self._pool = None
+        self._reports = True  # leaves its state to the loader when it goes (see loader.py)
         self._times = _StageTimes()
         self._base_seed: int | None = None
         self._drew_base_seed = False
@@ -333,6 +334,7 @@ class LoaderIterator:
             self._start_the_rest()  # the batch due next is not worker 0's
         timeout = self._timeout if self._timeout > 0 else None
         try:
+            self._pool.flush_frees()
             got = self._pool.recv(timeout)
         except RuntimeError:  # a worker died: the pass cannot go on
             self._finished = True
@@ -450,6 +452,11 @@ class LoaderIterator:
             self._pool.shutdown()
 
     def __del__(self):
+        try:
+            if self._reports:
+                self._loader._keep(self.state(), self.stats())
+        except Exception:  # interpreter shutdown: nothing to keep
+            pass
         try:
             self._shutdown()
         except Exception:

@@ -183,11 +183,20 @@ class ProcessPool:
             ids, self._freed[worker_id] = self._freed[worker_id], []
         return ids
 
+    def flush_frees(self) -> None:
+        """Hands released segments back now, so workers reuse them instead of growing."""
+        for i, freed in enumerate(self._freed):
+            if freed and self._pending[i] is None and self.alive[i]:
+                _send(self.socks[i], ("free", self._take_freed(i)))
+
     def send(self, worker_id: int, msg: tuple) -> None:
         if self._pending[worker_id] is not None:
             self._pending[worker_id].append(msg)
             return
-        _send(self.socks[worker_id], (*msg, self._take_freed(worker_id)))
+        try:
+            _send(self.socks[worker_id], (*msg, self._take_freed(worker_id)))
+        except OSError:  # the worker is gone: say which and how
+            raise self._dead(worker_id) from None
 
     def _dead(self, worker_id: int) -> RuntimeError:
         p = self.procs[worker_id]
@@ -210,7 +219,10 @@ class ProcessPool:
                     if self._readable(i):
                         continue
                     raise self._dead(i)
-                got = _recv(self.socks[i])
+                try:
+                    got = _recv(self.socks[i])
+                except OSError:  # reset by a worker that died mid-message
+                    got = None
                 if got is None:
                     raise self._dead(i)
                 msg, fds = got
@@ -289,6 +301,9 @@ class ThreadPool:
             t.start()
         self.alive = [True] * len(setups)
         self.closed = False
+
+    def flush_frees(self) -> None:
+        pass
 
     def send(self, worker_id: int, msg: tuple) -> None:
         self.tasks[worker_id].put((*msg, []))

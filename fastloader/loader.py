@@ -8,6 +8,7 @@ for `stats()`; optional prefetch of batches to a device.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -87,8 +88,11 @@ class DataLoader(tud.DataLoader):
         if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={device!r} but torch has no CUDA device here")
         self._pending_state: dict | None = None
-        self._last: LoaderIterator | None = None
-        self._state_source = None  # the iterator the user holds (maybe a prefetcher)
+        # The iterator the user holds (maybe a prefetcher), weakly: a dropped iterator must
+        # end its workers at once. When it goes, it leaves its state and stats here.
+        self._source_ref: weakref.ref | None = None
+        self._saved_state: dict | None = None
+        self._saved_stats: dict | None = None
 
     def _uses_torch_iterator(self) -> bool:
         return isinstance(self.dataset, (IterDataPipe, MapDataPipe))
@@ -99,8 +103,8 @@ class DataLoader(tud.DataLoader):
         if self.num_workers > 0:
             self.check_worker_number_rationality()
         restore, self._pending_state = self._pending_state, None
-        self._last = LoaderIterator(self, restore)
-        return self._last
+        self._saved_state = self._saved_stats = None
+        return LoaderIterator(self, restore)
 
     def __iter__(self):
         if self._uses_torch_iterator():
@@ -115,9 +119,16 @@ class DataLoader(tud.DataLoader):
         else:
             it = self._get_iterator()
         if self.device is not None:
-            it = DevicePrefetcher(it, self.device)
-        self._state_source = it
+            it = DevicePrefetcher(it, self.device, self)
+        self._source_ref = weakref.ref(it)
         return it
+
+    def _live_iterator(self):
+        return self._source_ref() if self._source_ref is not None else None
+
+    def _keep(self, state: dict, stats: dict) -> None:
+        """Called by an iterator as it goes away."""
+        self._saved_state, self._saved_stats = state, stats
 
     # -- resume ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -130,9 +141,10 @@ class DataLoader(tud.DataLoader):
         """
         if self._pending_state is not None:
             return self._pending_state
-        if self._state_source is None:
-            return {}
-        return self._state_source.state()
+        live = self._live_iterator()
+        if live is not None:
+            return live.state()
+        return self._saved_state or {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next `iter(loader)` resumes from `state` (an empty dict: from the start)."""
@@ -145,4 +157,7 @@ class DataLoader(tud.DataLoader):
 
     def stats(self) -> dict[str, Any]:
         """Counts and times of the most recent pass: batches, waits, worker fetch time."""
-        return self._last.stats() if self._last is not None else {}
+        live = self._live_iterator()
+        if live is not None:
+            return live.stats()
+        return self._saved_stats or {}

@@ -1,0 +1,207 @@
+"""Loader benchmark: torch's DataLoader vs fastloader.DataLoader, same datasets, same run.
+
+Two map-style datasets: 100k small tensors (a 32-float feature row and a label) and
+2,000 numpy images (224x224x3 uint8). For num_workers 0 and 2 it measures
+  - batches/s over one epoch (after the first batch),
+  - time to first batch (iter() to the first batch in hand, median of several),
+  - peak RSS summed over the main process and its workers during the epoch, and the
+    peak growth of the machine's shared memory (batches in flight).
+Each measurement runs in a fresh process, alternating torch and fastloader, so neither
+inherits the other's memory or warm state. Prints medians and fastloader/torch ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+import torch.utils.data as tud
+
+DATASETS = ("tensors", "images")
+
+
+class SmallTensors(tud.Dataset):
+    def __init__(self, n: int = 100_000):
+        self.x = torch.randn(n, 32, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], i % 1000
+
+
+class NumpyImages(tud.Dataset):
+    def __init__(self, n: int = 2_000):
+        self.n = n
+        self.base = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        y, x = (i * 7) % 32, (i * 13) % 32
+        return self.base[y : y + 224, x : x + 224].copy(), i % 1000
+
+
+def _make(dataset: str):
+    return (SmallTensors() if dataset == "tensors" else NumpyImages()), (256 if dataset == "tensors" else 64)
+
+
+def _tree_rss(root: int) -> int:
+    """RSS in bytes of root and all its descendants."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+def _system_shmem() -> int:
+    """Shared memory in use on the machine (/dev/shm files and memfds, mapped or not)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Shmem:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class _PeakRss:
+    """Peak RSS of this process tree, and peak growth of the machine's shared memory
+    (a batch in flight between processes may be mapped by neither, so RSS misses it)."""
+
+    def __init__(self, interval: float = 0.005):
+        self.peak = 0
+        self.shm_base = _system_shmem()
+        self.shm_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(interval,), daemon=True)
+
+    def _watch(self, interval):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_rss(os.getpid()))
+            self.shm_peak = max(self.shm_peak, _system_shmem() - self.shm_base)
+            self._stop.wait(interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(impl: str, dataset: str, num_workers: int, ttfb_repeats: int) -> dict:
+    """One configuration, in this process (run it in a fresh one)."""
+    import fastloader
+
+    cls = fastloader.DataLoader if impl == "fastloader" else tud.DataLoader
+    data, batch_size = _make(dataset)
+    kwargs = dict(batch_size=batch_size, shuffle=True, num_workers=num_workers)
+    base_rss = _tree_rss(os.getpid())
+    ttfb = []
+    for _ in range(ttfb_repeats):
+        loader = cls(data, **kwargs)
+        start = time.perf_counter()
+        it = iter(loader)
+        next(it)
+        ttfb.append(time.perf_counter() - start)
+        del it, loader
+    with _PeakRss() as rss:
+        loader = cls(data, **kwargs)
+        it = iter(loader)
+        next(it)
+        start = time.perf_counter()
+        n = sum(1 for _ in it)
+        elapsed = time.perf_counter() - start
+        del it, loader
+    return {
+        "batches_per_s": n / elapsed,
+        "ttfb_ms": 1e3 * statistics.median(ttfb),
+        "peak_rss_mb": rss.peak / 2**20,
+        "peak_shm_mb": rss.shm_peak / 2**20,
+        "base_rss_mb": base_rss / 2**20,
+    }
+
+
+def _run_fresh(impl: str, dataset: str, num_workers: int, ttfb_repeats: int) -> dict:
+    cmd = [sys.executable, "-m", "fastloader.bench.loader", "--one", impl, dataset, str(num_workers),
+           str(ttfb_repeats)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(repeats: int = 3, ttfb_repeats: int = 5, datasets=DATASETS, workers=(0, 2)) -> list[dict]:
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores; medians of {repeats} fresh-process runs each")
+    header = (f"{'dataset':8} {'workers':>7} | {'torch b/s':>9} {'fl b/s':>9} {'ratio':>6} | "
+              f"{'torch ttfb':>10} {'fl ttfb':>8} {'ratio':>6} | {'torch MB':>8} {'fl MB':>7} {'ratio':>6} | "
+              f"{'shm torch/fl MB':>15}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for dataset in datasets:
+        for nw in workers:
+            runs: dict[str, list[dict]] = {"torch": [], "fastloader": []}
+            for _ in range(repeats):
+                for impl in ("torch", "fastloader"):
+                    runs[impl].append(_run_fresh(impl, dataset, nw, ttfb_repeats))
+            med = {impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for impl, rs in runs.items()}
+            t, f = med["torch"], med["fastloader"]
+            row = {
+                "dataset": dataset, "num_workers": nw, "torch": t, "fastloader": f,
+                "throughput_ratio": f["batches_per_s"] / t["batches_per_s"],
+                "ttfb_ratio": t["ttfb_ms"] / f["ttfb_ms"],
+                "memory_ratio": f["peak_rss_mb"] / t["peak_rss_mb"],
+            }
+            rows.append(row)
+            print(f"{dataset:8} {nw:>7} | {t['batches_per_s']:>9.0f} {f['batches_per_s']:>9.0f} "
+                  f"{row['throughput_ratio']:>5.2f}x | {t['ttfb_ms']:>8.1f}ms {f['ttfb_ms']:>6.1f}ms "
+                  f"{row['ttfb_ratio']:>5.2f}x | {t['peak_rss_mb']:>8.0f} {f['peak_rss_mb']:>7.0f} "
+                  f"{row['memory_ratio']:>5.2f}x | {t['peak_shm_mb']:>7.0f}/{f['peak_shm_mb']:<7.0f}", flush=True)
+    print("ratios: throughput and ttfb are fastloader's speed-up (>1 = faster); memory is "
+          "fastloader/torch peak RSS summed over the process tree (<1 = less); shm: peak growth "
+          "of the machine's shared memory during the epoch")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ttfb-repeats", type=int, default=5)
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--workers", default="0,2")
+    parser.add_argument("--one", nargs=4, metavar=("IMPL", "DATASET", "WORKERS", "TTFB_REPEATS"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        impl, dataset, nw, reps = args.one
+        print(json.dumps(measure(impl, dataset, int(nw), int(reps))))
+        return
+    run(args.repeats, args.ttfb_repeats, tuple(args.datasets.split(",")),
+        tuple(int(w) for w in args.workers.split(",")))
+
+
+if __name__ == "__main__":
+    main()
