@@ -5,6 +5,7 @@ no other process (a buffer moved to shared memory is dropped from the pool)."""
 from __future__ import annotations
 
 import sys
+import threading
 
 import torch
 
@@ -24,12 +25,23 @@ class OutputPool:
     def __init__(self, capacity: int = 4) -> None:
         self.capacity = capacity
         self.buffers: list[torch.Tensor] = []
+        self._lock = threading.Lock()  # DataLoader thread workers share one pipeline
+
+    def __getstate__(self) -> dict:  # a pickled pool starts empty, with its own lock
+        return {"capacity": self.capacity}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["capacity"])
 
     def get(self, shape: tuple[int, ...], dtype: torch.dtype, pin_memory: bool) -> torch.Tensor:
         if pin_memory:
             # torch's pinned allocator already caches blocks, and unlike this pool it knows
             # when an asynchronous copy to the GPU still reads one.
             return torch.empty(shape, dtype=dtype, pin_memory=True)
+        with self._lock:
+            return self._get(shape, dtype)
+
+    def _get(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         # A batch sent from a DataLoader worker had its storage moved to shared memory,
         # which the receiving process may still be reading: never write there again.
         self.buffers = [t for t in self.buffers if not t.is_shared()]

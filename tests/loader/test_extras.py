@@ -1,0 +1,102 @@
+"""What fastloader.DataLoader adds to torch's: stats(), device prefetch, thread workers
+driving the compiled image pipeline."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.utils.data as tud
+
+import fastloader
+
+from _loader_data import RichDataset, SquareDataset, assert_same
+
+
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"), (2, "thread")])
+def test_stats_count_the_pass(num_workers, worker_type):
+    loader = fastloader.DataLoader(SquareDataset(40), batch_size=4, num_workers=num_workers,
+                                   worker_type=worker_type)
+    assert loader.stats() == {}
+    for _ in loader:
+        pass
+    s = loader.stats()  # kept after the iterator is gone
+    assert s["batches"] == 10 and s["workers"] == num_workers
+    assert s["time_to_first_batch_s"] > 0 and s["wait_s"] >= 0 and s["fetch_s"] > 0
+    if num_workers:
+        assert sum(s["batches_per_worker"].values()) == 10
+        assert s["worker_type"] == worker_type
+
+
+def test_device_cpu_prefetch_gives_the_same_batches_and_state():
+    ds = RichDataset(random_draws=False)
+    plain = list(fastloader.DataLoader(ds, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(1)))
+    loader = fastloader.DataLoader(ds, batch_size=5, shuffle=True, num_workers=2, device="cpu",
+                                   generator=torch.Generator().manual_seed(1))
+    it = iter(loader)
+    got = [next(it) for _ in range(4)]
+    state = loader.state_dict()  # the position the user saw, not the prefetch's
+    assert state["yielded_prefix"] == 4
+    got += list(it)
+    assert_same(got, plain)
+    resumed = fastloader.DataLoader(ds, batch_size=5, shuffle=True, device="cpu",
+                                    generator=torch.Generator().manual_seed(1))
+    resumed.load_state_dict(state)
+    assert_same(list(resumed), plain[4:])
+
+
+def test_cuda_device_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        fastloader.DataLoader(SquareDataset(), device="cuda")
+
+
+def test_pin_memory_without_accelerator_warns_like_torch():
+    def warned(cls):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            out = list(cls(SquareDataset(8), batch_size=4, pin_memory=True))
+        return [str(x.message) for x in w], out
+
+    ours, theirs = warned(fastloader.DataLoader), warned(tud.DataLoader)
+    assert ours[0] == theirs[0]
+    assert_same(ours[1], theirs[1])
+
+
+class JpegFiles(tud.Dataset):
+    def __init__(self, datas):
+        self.datas = datas
+
+    def __len__(self):
+        return len(self.datas)
+
+    def __getitem__(self, i):
+        return self.datas[i]
+
+
+def test_thread_workers_drive_the_image_pipeline(photos):
+    from PIL import Image
+
+    from _images import encode_jpeg
+    from fastloader.vision import CenterCrop, ImagePipeline, Resize, ToDtype
+
+    datas = [encode_jpeg(Image.fromarray(photos[k]).convert("RGB"), quality=90) for k in sorted(photos)][:6] * 2
+    pipe = ImagePipeline([Resize(72), CenterCrop(64), ToDtype(torch.float32, scale=True)], num_threads=1)
+    loader = fastloader.DataLoader(JpegFiles(datas), batch_size=4, num_workers=2, worker_type="thread",
+                                   collate_fn=pipe)
+    batches = list(loader)
+    assert [tuple(b.shape) for b in batches] == [(4, 3, 64, 64)] * 3
+    ref = [pipe(datas[i:i + 4]) for i in range(0, 12, 4)]
+    assert all(torch.equal(a, b) for a, b in zip(batches, ref))
+
+
+def test_loader_benchmark_measures_both(capsys):
+    from fastloader.bench import loader as bench
+
+    rows = bench.run(repeats=1, ttfb_repeats=1, datasets=("tensors",), workers=(0,))
+    out = capsys.readouterr().out
+    assert "torch b/s" in out and "fl b/s" in out
+    (row,) = rows
+    for impl in ("torch", "fastloader"):
+        assert row[impl]["batches_per_s"] > 0 and row[impl]["ttfb_ms"] > 0 and row[impl]["peak_rss_mb"] > 0
