@@ -109,15 +109,6 @@ class WorkerArena:
             "prefetch_factor / num_workers."
         )
 
-    def reserve(self, nbytes: int = _MIN_SEGMENT) -> None:
-        """Creates a free segment ahead of the first batch (if it can: else the batch
-        itself will report why)."""
-        if not self.segments:
-            try:
-                self._new_segment(nbytes)
-            except SharedMemoryError:
-                pass
-
     def _room_in(self, seg: _Segment, nbytes: int) -> int | None:
         start = _round_up(seg.used, _ALIGN)
         return start if start + nbytes <= seg.size else None

@@ -81,7 +81,6 @@ def _process_main(setup: WorkerSetup, sock: socket.socket) -> None:
         arena = WorkerArena(setup.worker_id)
         _collate_hook.set_process_arena(arena)
         worker = Worker(setup, pack=arena.pack, release=arena.release, abandon=arena.abandon_batch)
-        arena.reserve()  # while the main process still draws the first indices
         while True:
             got = _recv(sock)
             if got is None or got[0] is None:  # main closed the socket, or said stop
