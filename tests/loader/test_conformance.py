@@ -195,3 +195,8 @@ def test_len_warning_for_iterables_like_torch():
         loader = fastloader.DataLoader(Dup(n=10), batch_size=None, num_workers=2)
         len(loader)
         list(loader)
+
+
+@pytest.mark.parametrize("context", ["spawn", "forkserver"])
+def test_other_start_methods(context):
+    check_same(RichDataset(n=20), batch_size=4, shuffle=True, num_workers=2, multiprocessing_context=context)

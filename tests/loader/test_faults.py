@@ -183,7 +183,7 @@ def _fds() -> int:
 
 @pytest.mark.parametrize("persistent", [False, True])
 def test_abandoned_iterator_and_deleted_loader_leave_nothing(persistent):
-    before_fds, before_kids = _fds(), _children()
+    before_fds, before_kids, before_shm = _fds(), _children(), set(os.listdir("/dev/shm"))
     for _ in range(3):
         loader = fastloader.DataLoader(SquareDataset(400), batch_size=4, num_workers=2,
                                        persistent_workers=persistent)
@@ -201,6 +201,7 @@ def test_abandoned_iterator_and_deleted_loader_leave_nothing(persistent):
         assert not _wait_gone(pids), "workers outlived their loader"
     assert _children() <= before_kids
     assert _fds() <= before_fds + 2
+    assert set(os.listdir("/dev/shm")) <= before_shm  # (memfds never appear there anyway)
 
 
 def test_memory_is_reused_batch_after_batch():
