@@ -111,7 +111,7 @@ class LoaderIterator:
         if self._num_workers == 0:
             self._start_serial(restore, replay_index)
         else:
-            self._start_workers(restore, replay_index, first)
+            self._start_workers(restore, replay_index)
 
     def _fast_forward(self, restore: dict) -> None:
         """Re-draws the saved permutation and skips the batches already yielded."""
@@ -146,18 +146,18 @@ class LoaderIterator:
     def _start_serial(self, restore, replay_index) -> None:
         loader = self._loader
         ds = loader.dataset
-        if restore is not None and self._kind == _DatasetKind.Iterable:
-            ws = self._wstate[0]
-            if "dataset" in ws:
-                ds.load_state_dict(ws["dataset"])
+        saved = self._wstate[0] if restore is not None and self._kind == _DatasetKind.Iterable else None
+        if saved is not None and "dataset" in saved:
+            ds.load_state_dict(saved["dataset"])
         self._fetcher = _DatasetKind.create_fetcher(
             self._kind, ds, loader._auto_collation, loader.collate_fn, loader.drop_last
         )
-        if restore is not None and self._kind == _DatasetKind.Iterable:
-            ws = self._wstate[0]
-            if "dataset" not in ws:
-                for _ in range(ws["batches"]):
+        if saved is not None and "dataset" not in saved:
+            try:
+                for _ in range(saved["batches"]):
                     self._fetcher.fetch(replay_index)
+            except StopIteration:  # the stream is shorter now: the next fetch ends it
+                pass
 
     def _setups(self) -> list[WorkerSetup]:
         loader = self._loader
@@ -177,7 +177,7 @@ class LoaderIterator:
             for i in range(self._num_workers)
         ]
 
-    def _start_workers(self, restore, replay_index, first: bool) -> None:
+    def _start_workers(self, restore, replay_index) -> None:
         loader = self._loader
         if self._pool is None:
             if loader.worker_type == "thread":
@@ -198,11 +198,11 @@ class LoaderIterator:
         self._outstanding = 0
         self._active = [not w["exhausted"] for w in self._wstate]
         self._num_tasks = [0] * self._num_workers
-        self._unstarted = isinstance(self._pool, ProcessPool) and not self._pool.procs
-        if self._unstarted:
+        if isinstance(self._pool, ProcessPool) and not self._pool.procs:
             # Worker 0 starts up while the sampler draws the first indices; the others
             # are forked once the first batch is out (a fork stalls this process ~10 ms).
             self._pool.start(0)
+        self._unstarted = isinstance(self._pool, ProcessPool) and self._pool.has_unstarted()
         for _ in range(self._prefetch * self._num_workers):
             self._try_put_index()
 
@@ -330,8 +330,9 @@ class LoaderIterator:
                 return self._yield(w, pos, msg)
 
     def _get(self):
-        if self._unstarted and self._task_info.get(self._rcvd_idx, (0,))[0] != 0:
-            self._start_the_rest()  # the batch due next is not worker 0's
+        due = self._task_info.get(self._rcvd_idx)
+        if self._unstarted and (due is None or not self._pool.is_started(due[0])):
+            self._start_the_rest()  # the batch due next is not from a started worker
         timeout = self._timeout if self._timeout > 0 else None
         try:
             self._pool.flush_frees()
@@ -399,6 +400,8 @@ class LoaderIterator:
         """Next epoch on the same (persistent) workers."""
         if self._pool is not None and self._pool.closed:
             self._pool = None
+        if self._pool is not None and self._num_workers:
+            self._start_the_rest()  # tasks of the last epoch may wait on them
         self._drain()
         self._start_epoch(restore, first=False)
 

@@ -8,7 +8,6 @@ at once with its exit signal, never waited on.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import queue
 import selectors
@@ -158,6 +157,12 @@ class ProcessPool:
             for s in (a, b):
                 if s is not keep:
                     s.close()
+
+    def is_started(self, worker_id: int) -> bool:
+        return self._pending[worker_id] is None
+
+    def has_unstarted(self) -> bool:
+        return any(p is not None for p in self._pending)
 
     def start_all(self) -> None:
         for i in range(len(self._setups)):

@@ -200,3 +200,16 @@ def test_len_warning_for_iterables_like_torch():
 @pytest.mark.parametrize("context", ["spawn", "forkserver"])
 def test_other_start_methods(context):
     check_same(RichDataset(n=20), batch_size=4, shuffle=True, num_workers=2, multiprocessing_context=context)
+
+
+def test_persistent_workers_after_an_epoch_left_after_one_batch():
+    ds = SquareDataset(16)
+
+    def epochs(cls):
+        torch.manual_seed(0)
+        loader = cls(ds, batch_size=2, shuffle=True, num_workers=2, persistent_workers=True)
+        out = [next(iter(loader))]  # an epoch abandoned after its first batch
+        out += list(loader) + list(loader)
+        return out
+
+    assert_same(epochs(fastloader.DataLoader), epochs(tud.DataLoader))
