@@ -20,26 +20,27 @@ class DevicePrefetcher:
         self._loader = loader
         self._device = device
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._next = None
-        self._have_next = False
         self._state = it.state()  # position as seen by the user, not the prefetch
+        self._slot: tuple = ("end", None, self._state)
         self._load()
 
     def _load(self) -> None:
+        """Fills the slot with the next outcome: a batch, an error, or the end."""
         try:
             batch = next(self._it)
         except StopIteration:
-            self._next, self._have_next = None, False
-            self._next_state = self._it.state()
+            self._slot = ("end", None, self._it.state())
             return
-        self._next_state = self._it.state()
-        self._have_next = True
-        if self._stream is None:
-            self._next = _move(batch, self._device)
+        except Exception as e:  # raised in its turn, after the batches before it
+            self._slot = ("error", e, self._it.state())
             return
-        batch = pin_memory(batch, "cuda")  # async copies need page-locked sources
-        with torch.cuda.stream(self._stream):
-            self._next = _move(batch, self._device)
+        if self._stream is not None:
+            batch = pin_memory(batch, "cuda")  # async copies need page-locked sources
+            with torch.cuda.stream(self._stream):
+                batch = _move(batch, self._device)
+        else:
+            batch = _move(batch, self._device)
+        self._slot = ("batch", batch, self._it.state())
 
     def __iter__(self):
         return self
@@ -51,18 +52,21 @@ class DevicePrefetcher:
         return self._state
 
     def __next__(self):
-        if not self._have_next:
-            self._state = self._next_state
+        kind, value, self._state = self._slot
+        if kind == "end":
             raise StopIteration
-        batch, self._state = self._next, self._next_state
+        self._slot = ("end", None, self._state)
+        if kind == "error":
+            self._load()  # like the loader itself, go on after a failed batch
+            raise value
         if self._stream is not None:
             current = torch.cuda.current_stream(self._device)
             current.wait_stream(self._stream)
             torch.utils._pytree.tree_map(
-                lambda x: x.record_stream(current) if isinstance(x, torch.Tensor) else None, batch
+                lambda x: x.record_stream(current) if isinstance(x, torch.Tensor) else None, value
             )
         self._load()
-        return batch
+        return value
 
     def __del__(self):
         try:

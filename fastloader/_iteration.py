@@ -22,7 +22,7 @@ from torch.utils.data import _utils as torch_utils
 from torch.utils.data.dataloader import _DatasetKind
 
 from ._worker_loop import WorkerSetup, _is_stateful
-from ._workers import ProcessPool, ThreadPool
+from ._workers import ProcessPool, ThreadPool, WorkerDied
 from .sampling import batch_indices
 
 STATE_VERSION = 1
@@ -68,34 +68,42 @@ class LoaderIterator:
     def _start_epoch(self, restore: dict | None, first: bool) -> None:
         loader = self._loader
         g = loader.generator
+        n = max(self._num_workers, 1)
+        # Each worker's RNG at the start of this epoch: None = freshly seeded (a first
+        # epoch); a later epoch of persistent workers carries on from the last one.
+        start_rngs = [None] * n if first else list(self._rng_now)
         if restore is not None:
             restore = _checked_restore(restore, loader)
-            if restore["finished"] or restore["sampler_rng"] is None:
+            if restore["finished"] or restore["pull_rng"] is None:
                 # Nothing of this epoch was drawn yet (or it ended): start it afresh,
-                # from the generator state it would have started from.
+                # from where the saved loader would have started it.
                 if g is not None and restore["fresh_rng"] is not None:
                     g.set_state(restore["fresh_rng"])
+                if loader.persistent_workers and restore["finished"]:
+                    # its workers lived on: no new base seed, and their RNGs carry over
+                    self._base_seed, first = restore["base_seed"], False
+                    start_rngs = [w.get("rng_now") for w in restore["workers"]]
                 restore = None
-        self._epoch_rng = g.get_state() if g is not None else None
-        self._sampler_iter = batch_indices(loader._index_sampler)
+        self._rng_now = start_rngs
+        self._iter_rng = _capture_rng(g)
+        self._pull_rng = None
+        self._peeked = None
+        self._pos = 0  # epoch position of the next batch index drawn
         if restore is None:
+            self._sampler_iter = batch_indices(loader._index_sampler)
             if first:  # torch draws the workers' base seed once per iterator
                 self._base_seed = _draw_base_seed(g)
             self._drew_base_seed = first
         else:  # resuming draws nothing from the user's random state
             self._base_seed = restore["base_seed"]
             self._drew_base_seed = restore["drew_base_seed"]
-        self._sampler_rng = None
-        self._peeked = None
-        self._pos = 0  # epoch position of the next batch index drawn
         self._skip_extra = set(restore["yielded_extra"]) if restore else set()
         self._done_prefix = 0
         self._done_extra: set[int] = set()
         self._len_called = loader._IterableDataset_len_called
         self._num_yielded = 0
         self._finished = False
-        n = max(self._num_workers, 1)
-        self._wstate = [{"batches": 0, "exhausted": False} for _ in range(n)]
+        self._wstate = [{"batches": 0, "exhausted": False, "start_rng": r} for r in start_rngs]
         self._cycle = 0
         replay_index = None
         if restore is not None:
@@ -105,6 +113,7 @@ class LoaderIterator:
             self._num_yielded = restore["num_yielded"]
             self._cycle = restore["cycle"]
             self._wstate = [dict(w) for w in restore["workers"]]
+            self._rng_now = [w.get("rng_now") for w in self._wstate]
             if self._kind == _DatasetKind.Iterable:
                 replay_index = next(iter(loader._index_sampler))
         self._cycle_after = self._cycle
@@ -113,19 +122,25 @@ class LoaderIterator:
         else:
             self._start_workers(restore, replay_index)
 
+    def _set_rng(self, state) -> None:
+        g = self._loader.generator
+        if g is None:
+            torch.set_rng_state(state)
+        else:
+            g.set_state(state)
+
     def _fast_forward(self, restore: dict) -> None:
-        """Re-draws the saved permutation and skips the batches already yielded."""
+        """Re-draws the saved epoch's indices and skips the batches already yielded."""
         g = self._loader.generator
         user_rng = torch.get_rng_state() if g is None else None
         try:
-            if g is None:
-                torch.set_rng_state(restore["sampler_rng"])
-            else:
-                g.set_state(restore["sampler_rng"])
-            self._sampler_rng = restore["sampler_rng"]
+            self._set_rng(restore["iter_rng"])  # samplers may draw in iter() ...
+            self._sampler_iter = batch_indices(self._loader._index_sampler)
+            self._set_rng(restore["pull_rng"])  # ... or on their first next()
+            self._pull_rng = restore["pull_rng"]
             for _ in range(restore["yielded_prefix"]):
                 self._pull_index()
-            try:  # lazy samplers draw their seed on the first next(): do it in here
+            try:  # a lazy sampler's first draw happens here, inside the saved state
                 self._peeked = self._pull_index()
             except StopIteration:
                 self._peeked = StopIteration
@@ -133,9 +148,9 @@ class LoaderIterator:
             if user_rng is not None:
                 torch.set_rng_state(user_rng)
 
-    def _worker_restore(self, w: int, replay_index) -> dict | None:
+    def _worker_restore(self, w: int, replay_index) -> dict:
         ws = self._wstate[w]
-        out: dict[str, Any] = {"rng": ws.get("rng")}
+        out: dict[str, Any] = {"rng": ws.get("rng"), "start_rng": ws.get("start_rng")}
         if self._kind == _DatasetKind.Iterable:
             if "dataset" in ws:
                 out["dataset"] = ws["dataset"]
@@ -186,25 +201,22 @@ class LoaderIterator:
                 ctx = loader.multiprocessing_context or torch.multiprocessing
                 self._pool = ProcessPool(self._setups(), ctx)
         for w in range(self._num_workers):
-            if restore is not None:
-                msg = ("epoch", self._worker_restore(w, replay_index))
-            else:
-                msg = ("epoch", None)
-            self._pool.send(w, msg)
+            self._pool.send(w, ("epoch", self._worker_restore(w, replay_index)))
         self._prefetch = loader.prefetch_factor
         self._send_idx = 0
         self._rcvd_idx = 0
         self._task_info: dict[int, tuple] = {}
-        self._outstanding = 0
         self._active = [not w["exhausted"] for w in self._wstate]
         self._num_tasks = [0] * self._num_workers
-        if isinstance(self._pool, ProcessPool) and not self._pool.procs:
-            # Worker 0 starts up while the sampler draws the first indices; the others
-            # are forked once the first batch is out (a fork stalls this process ~10 ms).
+        starting = isinstance(self._pool, ProcessPool) and not self._pool.procs
+        if starting:
+            # Worker 0 is at work while the sampler draws the first indices and the
+            # others are forked (all within iter(), so all see the dataset as it is now).
             self._pool.start(0)
-        self._unstarted = isinstance(self._pool, ProcessPool) and self._pool.has_unstarted()
         for _ in range(self._prefetch * self._num_workers):
             self._try_put_index()
+        if starting:
+            self._pool.start_all()
 
     # -- indices ----------------------------------------------------------------------
     def _pull_index(self):
@@ -213,8 +225,8 @@ class LoaderIterator:
             if peeked is StopIteration:
                 raise StopIteration
             return peeked
-        if self._sampler_rng is None:
-            self._sampler_rng = _capture_rng(self._loader.generator)
+        if self._pull_rng is None:
+            self._pull_rng = _capture_rng(self._loader.generator)
         index = next(self._sampler_iter)
         pos = self._pos
         self._pos += 1
@@ -245,7 +257,6 @@ class LoaderIterator:
         self._pool.send(w, ("task", self._send_idx, index))
         self._task_info[self._send_idx] = (w, pos)
         self._num_tasks[w] += 1
-        self._outstanding += 1
         self._send_idx += 1
 
     # -- iteration --------------------------------------------------------------------
@@ -263,6 +274,10 @@ class LoaderIterator:
             data = self._next_serial() if self._num_workers == 0 else self._next_worker()
         except StopIteration:
             self._finish()
+            raise
+        except WorkerDied:  # the pass cannot go on
+            self._finished = True
+            self._shutdown()
             raise
         now = time.perf_counter()
         t = self._times
@@ -288,14 +303,7 @@ class LoaderIterator:
             ws["dataset"] = self._loader.dataset.state_dict()
         return data
 
-    def _start_the_rest(self) -> None:
-        if self._unstarted:
-            self._unstarted = False
-            self._pool.start_all()
-
     def _next_worker(self):
-        if self._num_yielded > 0:
-            self._start_the_rest()
         while True:
             while self._rcvd_idx < self._send_idx:
                 info = self._task_info.get(self._rcvd_idx)
@@ -303,7 +311,8 @@ class LoaderIterator:
                     w = info[0]
                     if len(info) == 3 or self._active[w]:
                         break
-                    del self._task_info[self._rcvd_idx]
+                    del self._task_info[self._rcvd_idx]  # its worker's stream has ended
+                    self._mark_done(info[1])
                 self._rcvd_idx += 1
             else:
                 raise StopIteration
@@ -312,7 +321,6 @@ class LoaderIterator:
                 self._rcvd_idx += 1
                 return self._yield(w, pos, msg)
             w, msg = self._get()
-            self._outstanding -= 1
             task_id = msg[1]
             if msg[0] == "stop":
                 self._active[w] = False
@@ -330,17 +338,9 @@ class LoaderIterator:
                 return self._yield(w, pos, msg)
 
     def _get(self):
-        due = self._task_info.get(self._rcvd_idx)
-        if self._unstarted and (due is None or not self._pool.is_started(due[0])):
-            self._start_the_rest()  # the batch due next is not from a started worker
         timeout = self._timeout if self._timeout > 0 else None
-        try:
-            self._pool.flush_frees()
-            got = self._pool.recv(timeout)
-        except RuntimeError:  # a worker died: the pass cannot go on
-            self._finished = True
-            self._shutdown()
-            raise
+        self._pool.flush_frees()
+        got = self._pool.recv(timeout)
         if got is None:
             raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds")
         return got
@@ -348,6 +348,7 @@ class LoaderIterator:
     def _yield(self, w: int, pos: int, msg: tuple):
         self._num_tasks[w] -= 1
         self._try_put_index()
+        self._mark_done(pos)  # an error is this batch's outcome too: torch moves on
         if msg[0] == "error":
             msg[2].reraise()
         _, _, data, state, fetch_s = msg
@@ -356,12 +357,15 @@ class LoaderIterator:
         ws = self._wstate[w]
         ws["batches"] += 1
         ws.update(state)
-        self._mark_done(pos)
+        if "rng" in state:
+            self._rng_now[w] = state["rng"]
         if self._in_order:
             self._cycle_after = (w + 1) % self._num_workers
         return data
 
     def _mark_done(self, pos: int) -> None:
+        if pos < self._done_prefix:
+            return
         if pos == self._done_prefix:
             self._done_prefix += 1
             while self._done_prefix in self._done_extra:
@@ -400,28 +404,34 @@ class LoaderIterator:
         """Next epoch on the same (persistent) workers."""
         if self._pool is not None and self._pool.closed:
             self._pool = None
-        if self._pool is not None and self._num_workers:
-            self._start_the_rest()  # tasks of the last epoch may wait on them
         self._drain()
         self._start_epoch(restore, first=False)
 
     def _drain(self) -> None:
-        """Waits for outstanding tasks of the last epoch so their replies don't mix in."""
+        """Reads what workers still send for the last epoch, up to a sync reply from each,
+        so none of it mixes into the next epoch; keeps their RNG states."""
         if self._pool is None or self._num_workers == 0:
             return
-        while getattr(self, "_outstanding", 0) > 0:
+        for w in range(self._num_workers):
+            self._pool.send(w, ("sync",))
+        waiting = set(range(self._num_workers))
+        while waiting:
             w, msg = self._get()
-            self._outstanding -= 1
+            if msg[0] == "synced":
+                waiting.discard(w)
+                if msg[2] is not None:
+                    self._rng_now[w] = msg[2]
 
     def state(self) -> dict:
-        workers = [dict(w) for w in self._wstate]
+        workers = [dict(w, rng_now=r) for w, r in zip(self._wstate, self._rng_now)]
         return {
             "version": STATE_VERSION,
             "finished": self._finished,
             "dataset_kind": self._kind,
             "num_workers": self._num_workers,
             "in_order": self._in_order,
-            "sampler_rng": self._sampler_rng,
+            "iter_rng": self._iter_rng,
+            "pull_rng": self._pull_rng,
             "fresh_rng": self._fresh_rng(),
             "base_seed": self._base_seed,
             "drew_base_seed": self._drew_base_seed,
@@ -436,7 +446,7 @@ class LoaderIterator:
         g = self._loader.generator
         if g is None:
             return None
-        return g.get_state() if self._finished else self._epoch_rng
+        return g.get_state() if self._finished else self._iter_rng
 
     def stats(self) -> dict:
         t = self._times

@@ -121,8 +121,12 @@ class WorkerArena:
             if start is not None:
                 seg.used = start + nbytes
                 return seg, start
-        free = [s for s in self.segments.values() if not s.busy and s.size >= nbytes]
-        seg = min(free, key=lambda s: s.size) if free else self._new_segment(nbytes)
+        free = [s for s in self.segments.values() if self._reusable(s) and s.size >= nbytes]
+        if free:
+            seg = min(free, key=lambda s: s.size)
+        else:  # grow with the batch: a batch of many tensors takes few segments
+            taken = sum(self.segments[sid].size for sid in self._touched)
+            seg = self._new_segment(max(nbytes, taken))
         seg.busy, seg.used = True, nbytes
         self._touched.append(seg.id)
         return seg, 0
@@ -149,6 +153,17 @@ class WorkerArena:
         if stride is None:
             stride = torch.empty(size, dtype=dtype, device="meta").stride()
         return seg.bytes.view(dtype).as_strided(size, stride, offset // itemsize)
+
+    @staticmethod
+    def _reusable(seg: _Segment) -> bool:
+        """Free, and no tensor of this worker still views it (a dataset may keep what
+        it collated): only the segment's own byte view holds its storage."""
+        if seg.busy:
+            return False
+        try:
+            return torch._C._storage_Use_Count(seg.bytes.untyped_storage()._cdata) <= 2
+        except AttributeError:  # private API gone: trust the main process's release
+            return True
 
     def release(self, segment_ids) -> None:
         for sid in segment_ids:

@@ -7,6 +7,7 @@ saved state (RNG states, the dataset's own `state_dict`, or a number of batches 
 """
 from __future__ import annotations
 
+import copy
 import random
 import time
 from dataclasses import dataclass
@@ -91,6 +92,10 @@ class Worker:
         self.init_error: ExceptionWrapper | None = None
         where = f"in DataLoader worker {'process' if setup.in_process else 'thread'} {setup.worker_id}"
         self.where = where
+        if not setup.in_process and setup.dataset_kind == _DatasetKind.Iterable:
+            # Threads share the interpreter: give each its own stream object, as a
+            # process would have (a shallow copy, like the attributes a fork copies).
+            setup.dataset = copy.copy(setup.dataset)
         seed = (
             _seed_process(setup.base_seed, setup.worker_id)
             if setup.in_process
@@ -112,7 +117,7 @@ class Worker:
         except Exception:
             self.init_error = ExceptionWrapper(where=where)
 
-    def _state(self) -> dict:
+    def _state_after_batch(self) -> dict:
         state: dict = {}
         if self.setup.in_process:
             state["rng"] = rng_state()
@@ -127,15 +132,21 @@ class Worker:
         self.fetcher = None
         if self.init_error is not None:
             return
+        restore = restore or {}
+        replay = restore.get("replay", 0)
         try:
-            if restore and restore.get("rng") is not None and s.in_process:
-                set_rng_state(restore["rng"])
-            if restore and restore.get("dataset") is not None:
+            if s.in_process:
+                # A replayed stream redraws what it drew, from the epoch's starting RNG;
+                # otherwise the RNG is the one after this worker's last yielded batch.
+                rng = restore.get("start_rng") if replay else restore.get("rng") or restore.get("start_rng")
+                if rng is not None:
+                    set_rng_state(rng)
+            if restore.get("dataset") is not None:
                 s.dataset.load_state_dict(restore["dataset"])
             self.fetcher = _DatasetKind.create_fetcher(
                 s.dataset_kind, s.dataset, s.auto_collation, s.collate_fn, s.drop_last
             )
-            for _ in range((restore or {}).get("replay", 0)):
+            for _ in range(replay):
                 try:
                     self.fetcher.fetch(restore["replay_index"])
                 except StopIteration:
@@ -167,13 +178,16 @@ class Worker:
             return ("error", task_id, ExceptionWrapper(where=self.where))
         fetch_s = time.perf_counter() - start
         try:
+            state = self._state_after_batch()
             payload = self.pack(data)
         except Exception:
+            self.abandon()
             return ("error", task_id, ExceptionWrapper(where=self.where))
-        return ("data", task_id, payload, self._state(), fetch_s)
+        return ("data", task_id, payload, state, fetch_s)
 
     def handle(self, msg: tuple):
-        """Messages: ("epoch", restore, free_ids) and ("task", task_id, index, free_ids)."""
+        """Messages (the last item: segment ids the main process released): ("epoch",
+        restore, _), ("task", task_id, index, _), ("free", _), ("sync", _)."""
         kind = msg[0]
         self.release(msg[-1])
         if kind == "epoch":
@@ -183,4 +197,6 @@ class Worker:
             return self.run_task(msg[1], msg[2])
         if kind == "free":
             return None
+        if kind == "sync":  # every reply before this one has been sent
+            return ("synced", None, rng_state() if self.setup.in_process else None)
         raise AssertionError(f"unknown worker message {kind!r}")

@@ -25,7 +25,11 @@ from ._shm import MainSegments, WorkerArena
 from ._worker_loop import Worker, WorkerSetup
 
 _HEADER = struct.Struct("<QI")  # payload bytes, number of fds
-_MAX_FDS = 64
+_MAX_FDS = 64  # per message; a batch with more new segments sends them ahead in chunks
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended while the loader still needed it."""
 # Every pool of this process. A forked worker closes their sockets (a copy held by a
 # worker would keep a socket open after the main process closed it) through the socket
 # objects, so that nothing closes a reused fd number later.
@@ -89,6 +93,9 @@ def _process_main(setup: WorkerSetup, sock: socket.socket) -> None:
                 continue
             if reply[0] == "data":
                 payload, used, new = reply[2]
+                while len(new) > _MAX_FDS:
+                    chunk, new = new[:_MAX_FDS], new[_MAX_FDS:]
+                    _send(sock, ("fds", [sid for sid, _ in chunk]), [fd for _, fd in chunk])
                 ids = [sid for sid, _ in new]
                 _send(sock, ("data", reply[1], (payload, used, ids), *reply[3:]), [fd for _, fd in new])
             else:
@@ -191,7 +198,10 @@ class ProcessPool:
         """Hands released segments back now, so workers reuse them instead of growing."""
         for i, freed in enumerate(self._freed):
             if freed and self._pending[i] is None and self.alive[i]:
-                _send(self.socks[i], ("free", self._take_freed(i)))
+                try:
+                    _send(self.socks[i], ("free", self._take_freed(i)))
+                except OSError:
+                    raise self._dead(i) from None
 
     def send(self, worker_id: int, msg: tuple) -> None:
         if self._pending[worker_id] is not None:
@@ -202,11 +212,11 @@ class ProcessPool:
         except OSError:  # the worker is gone: say which and how
             raise self._dead(worker_id) from None
 
-    def _dead(self, worker_id: int) -> RuntimeError:
+    def _dead(self, worker_id: int) -> WorkerDied:
         p = self.procs[worker_id]
         p.join(timeout=1.0)
         self.alive[worker_id] = False
-        return RuntimeError(describe_exit(worker_id, p))
+        return WorkerDied(describe_exit(worker_id, p))
 
     def recv(self, timeout: float | None):
         """Next (worker_id, reply); None on timeout; RuntimeError if a worker died."""
@@ -230,6 +240,10 @@ class ProcessPool:
                 if got is None:
                     raise self._dead(i)
                 msg, fds = got
+                if msg[0] == "fds":
+                    for sid, fd in zip(msg[1], fds):
+                        self.segments[i].add(sid, fd)
+                    continue
                 if msg[0] == "data":
                     payload, used, new_ids = msg[2]
                     for sid, fd in zip(new_ids, fds):
@@ -243,6 +257,8 @@ class ProcessPool:
         try:
             ready.register(sock, selectors.EVENT_READ)
             return bool(ready.select(0)) and bool(sock.recv(1, socket.MSG_PEEK))
+        except OSError:
+            return False
         finally:
             ready.close()
 

@@ -121,3 +121,30 @@ class StatefulStream(IterableDataset):
 
     def load_state_dict(self, state):
         self.pos = state["pos"]
+
+
+class RandomStream(IterableDataset):
+    """A sharded stream whose items draw from the worker's RNGs."""
+
+    def __init__(self, n: int = 30):
+        self.n = n
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
+        for i in range(wid, self.n, nw):
+            yield {"i": i, "r": torch.rand(1), "np": np.random.rand()}
+
+
+class ShuffledBatches:
+    """A batch sampler that draws its permutation when iter() is called."""
+
+    def __init__(self, n: int, batch_size: int):
+        self.n, self.batch_size = n, batch_size
+
+    def __iter__(self):
+        perm = torch.randperm(self.n).tolist()
+        return iter([perm[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)])
+
+    def __len__(self):
+        return (self.n + self.batch_size - 1) // self.batch_size

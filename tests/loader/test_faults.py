@@ -247,3 +247,68 @@ def test_interpreter_exit_ends_the_workers(tmp_path, persistent):
     assert len(pids) == 2
     assert not _wait_gone(pids), "workers outlived the interpreter"
     assert "Traceback" not in out.stderr, out.stderr
+
+
+class BigRows(tud.Dataset):
+    def __len__(self):
+        return 140
+
+    def __getitem__(self, i):
+        return torch.full((160_000,), i, dtype=torch.float32)  # 640 KB each
+
+
+def test_batch_of_many_separate_tensors():
+    # collate_fn keeps the list: 70 tensors to share, more than fit one fd message
+    loader = fastloader.DataLoader(BigRows(), batch_size=70, num_workers=1, collate_fn=lambda items: items)
+    for k, batch in enumerate(loader):
+        assert len(batch) == 70
+        assert all(int(t[0]) == 70 * k + j and int(t[-1]) == 70 * k + j for j, t in enumerate(batch))
+
+
+class KeepsWhatItCollates(tud.Dataset):
+    """Collates a buffer once in the worker (default_collate goes to shared memory
+    there) and keeps slicing it: the worker must not hand that memory out again."""
+
+    def __init__(self):
+        self.buffer = None
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        if self.buffer is None:
+            self.buffer = tud.default_collate([torch.full((1000,), k) for k in range(64)])
+        return self.buffer[63 - i].clone()  # the first rows, where batches would go, last
+
+
+def test_memory_a_dataset_keeps_is_not_reused():
+    loader = fastloader.DataLoader(KeepsWhatItCollates(), batch_size=4, num_workers=1)
+    for k, batch in enumerate(loader):
+        rows = torch.arange(63 - 4 * k, 59 - 4 * k, -1)
+        assert torch.equal(batch[:, 0], rows) and torch.equal(batch[:, -1], rows)
+
+
+def test_device_prefetch_keeps_errors_in_their_place():
+    loader = fastloader.DataLoader(FailingDataset(bad=4), batch_size=2, num_workers=2, device="cpu")
+    it = iter(loader)
+    assert next(it).tolist() == [0, 1]
+    assert next(it).tolist() == [2, 3]
+    with pytest.raises(KeyError, match="item 4 is broken"):
+        next(it)
+    assert next(it).tolist() == [6, 7]
+
+
+class BadState(tud.IterableDataset):
+    def __iter__(self):
+        yield from range(10)
+
+    def state_dict(self):
+        raise RuntimeError("cannot save my position")
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_failing_dataset_state_dict_is_reraised_not_a_dead_worker():
+    with pytest.raises(RuntimeError, match="cannot save my position"):
+        next(iter(fastloader.DataLoader(BadState(), batch_size=2, num_workers=1)))

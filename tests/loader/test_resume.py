@@ -46,13 +46,16 @@ def check_resume(dataset_fn, cut, epochs=1, with_generator=True, restore_workers
     _seed_all(0)
     reference = _make(dataset_fn, with_generator, **kwargs)
     expected = [b for _ in range(epochs) for b in reference]
-    cut = min(cut, len(expected) // epochs)
+    cut = min(cut, len(expected))
 
     _seed_all(0)
     first = _make(dataset_fn, with_generator, **kwargs)
-    it = iter(first)
+    it = (b for _ in range(epochs) for b in first)  # a cut may fall in a later epoch
     got = [next(it) for _ in range(cut)]
     state, rng = _roundtrip(first.state_dict()), _global_rng()
+    per_epoch = len(expected) // epochs
+    # passes the restored loader makes: the rest of the cut's epoch (maybe empty), then the others
+    epochs_left = epochs - (cut - 1) // per_epoch if cut else epochs
     del it, first
 
     _seed_all(12345)  # a restarted job: nothing left of the first run's random state
@@ -64,7 +67,7 @@ def check_resume(dataset_fn, cut, epochs=1, with_generator=True, restore_workers
     second = _make(dataset_fn, with_generator, **kwargs)
     second.load_state_dict(state)
     _set_global_rng(rng)  # what a training checkpoint restores beside the loader
-    for _ in range(epochs):
+    for _ in range(epochs_left):
         got += list(second)
     assert len(got) == len(expected)
     assert_same(got, expected)
@@ -151,3 +154,34 @@ def test_empty_state_means_from_the_start():
     assert loader.state_dict() == {}
     loader.load_state_dict({})
     assert len(list(loader)) == len(loader)
+
+
+from _loader_data import RandomStream, ShuffledBatches, SquareDataset  # noqa: E402
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+@pytest.mark.parametrize("cut", [2, 5])
+def test_replayed_stream_that_draws_random_numbers(num_workers, cut):
+    check_resume(RandomStream, cut, batch_size=2, num_workers=num_workers)
+
+
+@pytest.mark.parametrize("cut", [0, 3, 6, 7, 9])  # 6 = the end of epoch 1; at 7 worker 1 has not yielded in epoch 2
+def test_persistent_workers_with_random_draws_across_epochs(cut):
+    check_resume(RichDataset, cut, epochs=3, batch_size=9, shuffle=True, num_workers=2, persistent_workers=True)
+
+
+@pytest.mark.parametrize("cut", [1, 3])
+def test_batch_sampler_that_draws_at_iter(cut):
+    check_resume(lambda: SquareDataset(20), cut, with_generator=False, batch_sampler=ShuffledBatches(20, 3),
+                 num_workers=2)
+
+
+def test_stateful_stream_on_thread_workers():
+    check_resume(StatefulStream, 5, epochs=2, batch_size=3, num_workers=2, worker_type="thread")
+
+
+def test_state_stays_small_when_workers_run_dry():
+    loader = fastloader.DataLoader(ShardedStream(n=60, uneven=True), batch_size=2, num_workers=3)
+    for _ in loader:
+        pass
+    assert loader.state_dict()["yielded_extra"] == []
