@@ -61,7 +61,6 @@ class LoaderIterator:
         self._reports = True  # leaves its state to the loader when it goes (see loader.py)
         self._times = _StageTimes()
         self._base_seed: int | None = None
-        self._drew_base_seed = False
         self._start_epoch(restore, first=True)
 
     # -- epoch set-up -----------------------------------------------------------------
@@ -93,10 +92,8 @@ class LoaderIterator:
             self._sampler_iter = batch_indices(loader._index_sampler)
             if first:  # torch draws the workers' base seed once per iterator
                 self._base_seed = _draw_base_seed(g)
-            self._drew_base_seed = first
         else:  # resuming draws nothing from the user's random state
             self._base_seed = restore["base_seed"]
-            self._drew_base_seed = restore["drew_base_seed"]
         self._skip_extra = set(restore["yielded_extra"]) if restore else set()
         self._done_prefix = 0
         self._done_extra: set[int] = set()
@@ -434,7 +431,6 @@ class LoaderIterator:
             "pull_rng": self._pull_rng,
             "fresh_rng": self._fresh_rng(),
             "base_seed": self._base_seed,
-            "drew_base_seed": self._drew_base_seed,
             "yielded_prefix": self._done_prefix,
             "yielded_extra": sorted(self._done_extra),
             "num_yielded": self._num_yielded,

@@ -165,12 +165,6 @@ class ProcessPool:
                 if s is not keep:
                     s.close()
 
-    def is_started(self, worker_id: int) -> bool:
-        return self._pending[worker_id] is None
-
-    def has_unstarted(self) -> bool:
-        return any(p is not None for p in self._pending)
-
     def start_all(self) -> None:
         for i in range(len(self._setups)):
             if self._pending[i] is not None:
