@@ -205,15 +205,22 @@ class LoaderIterator:
         self._task_info: dict[int, tuple] = {}
         self._active = [not w["exhausted"] for w in self._wstate]
         self._num_tasks = [0] * self._num_workers
-        starting = isinstance(self._pool, ProcessPool) and not self._pool.procs
-        if starting:
+        self._holding = isinstance(self._pool, ProcessPool) and not self._pool.procs
+        if self._holding:
             # Worker 0 is at work while the sampler draws the first indices and the
-            # others are forked (all within iter(), so all see the dataset as it is now).
+            # others are forked: all within iter(), so all see the dataset as it is now,
+            # as in torch. On a machine with few cores the others would slow worker 0
+            # down: they get their tasks once the first batch is in.
             self._pool.start(0)
         for _ in range(self._prefetch * self._num_workers):
             self._try_put_index()
-        if starting:
-            self._pool.start_all()
+        if self._holding:
+            self._pool.start_all(hold=True)
+
+    def _release_held(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._pool.release_held()
 
     # -- indices ----------------------------------------------------------------------
     def _pull_index(self):
@@ -335,6 +342,9 @@ class LoaderIterator:
                 return self._yield(w, pos, msg)
 
     def _get(self):
+        due = self._task_info.get(self._rcvd_idx)
+        if self._holding and (due is None or self._pool.held(due[0])):
+            self._release_held()  # the batch due next is a held worker's
         timeout = self._timeout if self._timeout > 0 else None
         self._pool.flush_frees()
         got = self._pool.recv(timeout)
@@ -343,6 +353,7 @@ class LoaderIterator:
         return got
 
     def _yield(self, w: int, pos: int, msg: tuple):
+        self._release_held()
         self._num_tasks[w] -= 1
         self._try_put_index()
         self._mark_done(pos)  # an error is this batch's outcome too: torch moves on
@@ -401,6 +412,8 @@ class LoaderIterator:
         """Next epoch on the same (persistent) workers."""
         if self._pool is not None and self._pool.closed:
             self._pool = None
+        if self._pool is not None:
+            self._release_held()
         self._drain()
         self._start_epoch(restore, first=False)
 

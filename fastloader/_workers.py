@@ -8,6 +8,7 @@ at once with its exit signal, never waited on.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import queue
 import selectors
@@ -126,19 +127,27 @@ class ProcessPool:
         self._pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in setups]
         self.socks = [a for a, _ in self._pairs]
         _LIVE_POOLS.add(self)
+        self._owner = os.getpid()
         self.procs = []
         self._freed: list[list[int]] = [[] for _ in setups]
         self._lock = threading.Lock()
         self.segments = [MainSegments(self._releaser(i)) for i in range(len(setups))]
-        self._pending: list[list[tuple] | None] = [[] for _ in setups]  # until start()
+        # Messages not yet written to a worker's socket: until it is forked, or while it
+        # is held (forked but given no work, so it does not compete for the CPU).
+        self._pending: list[list[tuple] | None] = [[] for _ in setups]
+        self._started = [False] * len(setups)
         self._selector = selectors.DefaultSelector()
         self.alive = [True] * len(setups)
         self.closed = False
 
-    def start(self, worker_id: int) -> None:
-        """Forks one worker; what was sent to it so far is already in its socket."""
+    def start(self, worker_id: int, hold: bool = False) -> None:
+        """Forks one worker; what was sent to it so far is already in its socket (or,
+        with hold, stays back until release_held())."""
         setup, (_, child) = self._setups[worker_id], self._pairs[worker_id]
-        pending, self._pending[worker_id] = self._pending[worker_id], None
+        self._started[worker_id] = True
+        pending = [] if hold else self._pending[worker_id]
+        if not hold:
+            self._pending[worker_id] = None
         # Written before the fork only when it fits the socket buffer (it cannot block
         # before the reader exists).
         early = sum(len(pickle.dumps(m)) for m in pending) < (64 << 10)
@@ -165,10 +174,20 @@ class ProcessPool:
                 if s is not keep:
                     s.close()
 
-    def start_all(self) -> None:
+    def start_all(self, hold: bool = False) -> None:
         for i in range(len(self._setups)):
-            if self._pending[i] is not None:
-                self.start(i)
+            if not self._started[i]:
+                self.start(i, hold)
+
+    def held(self, worker_id: int) -> bool:
+        return self._started[worker_id] and self._pending[worker_id] is not None
+
+    def release_held(self) -> None:
+        for i in range(len(self._setups)):
+            if self.held(i):
+                pending, self._pending[i] = self._pending[i], None
+                for msg in pending:
+                    self.send(i, msg)
 
     @property
     def pids(self) -> list[int]:
@@ -260,6 +279,9 @@ class ProcessPool:
         if self.closed:
             return
         self.closed = True
+        if os.getpid() != self._owner:  # a copy inherited by some forked process
+            self._forget_in_child(keep=None)
+            return
         for s in self.socks:
             try:
                 s.setblocking(False)
@@ -268,7 +290,7 @@ class ProcessPool:
                 pass
             s.close()
         for i, (_, child) in enumerate(self._pairs):
-            if self._pending[i] is not None:  # never started
+            if not self._started[i]:
                 child.close()
         self._selector.close()
         for p in self.procs:

@@ -46,7 +46,10 @@ class OutputPool:
         # which the receiving process may still be reading: never write there again.
         self.buffers = [t for t in self.buffers if not t.is_shared()]
         for t in self.buffers:
-            if t.shape == shape and t.dtype == dtype and _unreferenced(t):
+            # is_shared() again after the reference check: a DataLoader worker's queue
+            # thread may have moved the storage to shared memory (and let go of it) in
+            # between, and then the main process holds that memory.
+            if t.shape == shape and t.dtype == dtype and _unreferenced(t) and not t.is_shared():
                 return t
         t = torch.empty(shape, dtype=dtype)
         if len(self.buffers) >= self.capacity:

@@ -312,3 +312,17 @@ class BadState(tud.IterableDataset):
 def test_failing_dataset_state_dict_is_reraised_not_a_dead_worker():
     with pytest.raises(RuntimeError, match="cannot save my position"):
         next(iter(fastloader.DataLoader(BadState(), batch_size=2, num_workers=1)))
+
+
+def test_a_fork_of_the_main_process_leaves_its_workers_alone():
+    loader = fastloader.DataLoader(SquareDataset(400), batch_size=4, num_workers=2)
+    it = iter(loader)
+    next(it)
+    pid = os.fork()
+    if pid == 0:  # e.g. another library's worker: drops its copy of everything
+        try:
+            it._shutdown()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert len(list(it)) == 99  # the workers still serve this process
