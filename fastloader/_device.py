@@ -70,7 +70,7 @@ class DevicePrefetcher:
 
     def __del__(self):
         try:
-            self._loader._keep(self._state, self._it.stats())
+            self._loader._keep(self, self._state, self._it.stats())
         except Exception:
             pass
 

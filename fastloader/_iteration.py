@@ -476,7 +476,7 @@ class LoaderIterator:
     def __del__(self):
         try:
             if self._reports:
-                self._loader._keep(self.state(), self.stats())
+                self._loader._keep(self, self.state(), self.stats())
         except Exception:  # interpreter shutdown: nothing to keep
             pass
         try:

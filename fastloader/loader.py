@@ -93,6 +93,7 @@ class DataLoader(tud.DataLoader):
         self._source_ref: weakref.ref | None = None
         self._saved_state: dict | None = None
         self._saved_stats: dict | None = None
+        self._generation = 0  # of the iterator handed out last
 
     def _uses_torch_iterator(self) -> bool:
         return isinstance(self.dataset, (IterDataPipe, MapDataPipe))
@@ -121,14 +122,17 @@ class DataLoader(tud.DataLoader):
         if self.device is not None:
             it = DevicePrefetcher(it, self.device, self)
         self._source_ref = weakref.ref(it)
+        self._generation += 1
+        it._loader_generation = self._generation
         return it
 
     def _live_iterator(self):
         return self._source_ref() if self._source_ref is not None else None
 
-    def _keep(self, state: dict, stats: dict) -> None:
-        """Called by an iterator as it goes away."""
-        self._saved_state, self._saved_stats = state, stats
+    def _keep(self, source, state: dict, stats: dict) -> None:
+        """Called by an iterator as it goes away (an older one's word does not count)."""
+        if getattr(source, "_loader_generation", None) == self._generation:
+            self._saved_state, self._saved_stats = state, stats
 
     # -- resume ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -64,26 +64,15 @@ def test_pin_memory_without_accelerator_warns_like_torch():
     assert_same(ours[1], theirs[1])
 
 
-class JpegFiles(tud.Dataset):
-    def __init__(self, datas):
-        self.datas = datas
-
-    def __len__(self):
-        return len(self.datas)
-
-    def __getitem__(self, i):
-        return self.datas[i]
-
-
 def test_thread_workers_drive_the_image_pipeline(photos):
     from PIL import Image
 
-    from _images import encode_jpeg
+    from _images import EncodedImages, encode_jpeg
     from fastloader.vision import CenterCrop, ImagePipeline, Resize, ToDtype
 
     datas = [encode_jpeg(Image.fromarray(photos[k]).convert("RGB"), quality=90) for k in sorted(photos)][:6] * 2
     pipe = ImagePipeline([Resize(72), CenterCrop(64), ToDtype(torch.float32, scale=True)], num_threads=1)
-    loader = fastloader.DataLoader(JpegFiles(datas), batch_size=4, num_workers=2, worker_type="thread",
+    loader = fastloader.DataLoader(EncodedImages(datas), batch_size=4, num_workers=2, worker_type="thread",
                                    collate_fn=pipe)
     batches = list(loader)
     assert [tuple(b.shape) for b in batches] == [(4, 3, 64, 64)] * 3

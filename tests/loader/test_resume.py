@@ -185,3 +185,14 @@ def test_state_stays_small_when_workers_run_dry():
     for _ in loader:
         pass
     assert loader.state_dict()["yielded_extra"] == []
+
+
+def test_state_is_the_latest_iterators_even_when_an_older_one_goes_last():
+    loader = fastloader.DataLoader(SquareDataset(20), batch_size=2, num_workers=1)
+    older = iter(loader)
+    next(older)
+    newer = iter(loader)
+    next(newer), next(newer)
+    del newer
+    del older
+    assert loader.state_dict()["yielded_prefix"] == 2

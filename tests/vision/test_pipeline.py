@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _images import encode_jpeg, pil_decode, psnr
+from _images import EncodedImages, encode_jpeg, pil_decode, psnr
 from fastloader import _C, decode_jpeg
 from fastloader.vision import (
     CenterCrop, ImagePipeline, Normalize, RandomHorizontalFlip, RandomResizedCrop, Resize, ToDtype,
@@ -261,17 +261,6 @@ def test_fusing_rules():
         pipe([b""], out=torch.empty(1, 3, 224, 224))
 
 
-class _EncodedImages(torch.utils.data.Dataset):
-    def __init__(self, datas):
-        self.datas = datas
-
-    def __len__(self):
-        return len(self.datas)
-
-    def __getitem__(self, i):
-        return self.datas[i]
-
-
 def test_in_torch_dataloader_workers_after_use_in_the_parent(images):
     """The README's drop-in use: the pipeline as collate_fn in forked DataLoader workers,
     after the parent already ran it with several OpenMP threads (no hang, same batches)."""
@@ -279,7 +268,7 @@ def test_in_torch_dataloader_workers_after_use_in_the_parent(images):
     pipe = ImagePipeline([Resize(72), CenterCrop(64)], num_threads=2)
     expected = pipe(datas).clone()
     loader = torch.utils.data.DataLoader(
-        _EncodedImages(datas), batch_size=4, num_workers=2, collate_fn=lambda b: pipe(b).clone(), timeout=60
+        EncodedImages(datas), batch_size=4, num_workers=2, collate_fn=lambda b: pipe(b).clone(), timeout=60
     )
     assert torch.equal(torch.cat(list(loader)), expected)
 
@@ -301,7 +290,7 @@ def test_batches_sent_from_workers_are_never_overwritten(images):
     pipe = ImagePipeline([Resize(72), CenterCrop(64)])
     expected = [pipe(datas[i : i + 4]).clone() for i in range(0, len(datas), 4)]
     loader = torch.utils.data.DataLoader(
-        _EncodedImages(datas), batch_size=4, num_workers=2, collate_fn=_Collate(pipe), prefetch_factor=4, timeout=60
+        EncodedImages(datas), batch_size=4, num_workers=2, collate_fn=_Collate(pipe), prefetch_factor=4, timeout=60
     )
     received = list(loader)  # all held at once
     assert len(received) == len(expected)
