@@ -71,8 +71,7 @@ class LoaderIterator:
         # Each worker's RNG at the start of this epoch: None = freshly seeded (a first
         # epoch); a later epoch of persistent workers carries on from the last one.
         start_rngs = [None] * n if first else list(self._rng_now)
-        if restore is not None:
-            restore = _checked_restore(restore, loader)
+        if restore is not None:  # checked by loader.load_state_dict
             if restore["finished"] or restore["pull_rng"] is None:
                 # Nothing of this epoch was drawn yet (or it ended): start it afresh,
                 # from where the saved loader would have started it.
@@ -94,7 +93,6 @@ class LoaderIterator:
                 self._base_seed = _draw_base_seed(g)
         else:  # resuming draws nothing from the user's random state
             self._base_seed = restore["base_seed"]
-        self._skip_extra = set(restore["yielded_extra"]) if restore else set()
         self._done_prefix = 0
         self._done_extra: set[int] = set()
         self._len_called = loader._IterableDataset_len_called
@@ -104,9 +102,9 @@ class LoaderIterator:
         self._cycle = 0
         replay_index = None
         if restore is not None:
+            self._done_extra = set(restore["yielded_extra"])  # skipped as they come up
             self._fast_forward(restore)
             self._done_prefix = restore["yielded_prefix"]
-            self._done_extra = set(self._skip_extra)
             self._num_yielded = restore["num_yielded"]
             self._cycle = restore["cycle"]
             self._wstate = [dict(w) for w in restore["workers"]]
@@ -240,7 +238,7 @@ class LoaderIterator:
         """(position, index) of the next batch still to load; StopIteration at the end."""
         while True:
             pos, index = self._pull_index()
-            if pos not in self._skip_extra:
+            if pos not in self._done_extra:  # yielded before a resume (in_order=False)
                 return pos, index
 
     def _try_put_index(self) -> None:
@@ -439,7 +437,6 @@ class LoaderIterator:
             "finished": self._finished,
             "dataset_kind": self._kind,
             "num_workers": self._num_workers,
-            "in_order": self._in_order,
             "iter_rng": self._iter_rng,
             "pull_rng": self._pull_rng,
             "fresh_rng": self._fresh_rng(),

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ._storage import storage_users
+
 _ALIGN = 64
 _MIN_SEGMENT = 1 << 20
 _POPULATE_MIN = 256 << 10
@@ -142,17 +144,16 @@ class WorkerArena:
             except OSError:  # kernel < 5.14: page faults do the same, slower
                 pass
 
-    def empty(self, size, dtype: torch.dtype, stride=None) -> torch.Tensor:
-        """An uninitialised tensor living in the arena."""
+    def empty(self, size, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised contiguous tensor living in the arena."""
         numel = 1
         for s in size:
             numel *= s
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         seg, offset = self.alloc(max(numel, 1) * itemsize)
         self._populate(seg, offset, numel * itemsize)
-        if stride is None:
-            stride = torch.empty(size, dtype=dtype, device="meta").stride()
-        return seg.bytes.view(dtype).as_strided(size, stride, offset // itemsize)
+        start = offset // itemsize
+        return seg.bytes.view(dtype)[start : start + numel].view(size)
 
     @staticmethod
     def _reusable(seg: _Segment) -> bool:
@@ -160,10 +161,8 @@ class WorkerArena:
         it collated): only the segment's own byte view holds its storage."""
         if seg.busy:
             return False
-        try:
-            return torch._C._storage_Use_Count(seg.bytes.untyped_storage()._cdata) <= 2
-        except AttributeError:  # private API gone: trust the main process's release
-            return True
+        users = storage_users(seg.bytes)
+        return users is None or users <= 2  # unknown: trust the main process's release
 
     def release(self, segment_ids) -> None:
         for sid in segment_ids:

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy.random  # noqa: F401  (imported here, not in each forked worker)
+import numpy as np
+import numpy.random  # noqa: F401  (imported here once, not in each forked worker)
 import torch
 from torch._utils import ExceptionWrapper
 from torch.utils.data._utils import worker as torch_worker
@@ -37,8 +38,6 @@ class WorkerSetup:
 
 
 def rng_state() -> tuple:
-    import numpy as np
-
     # Plain bytes and tuples: unpickling a tensor goes through torch.load (~0.4 ms), and
     # torch.load(weights_only=True) of a saved loader state refuses numpy arrays.
     name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -50,8 +49,6 @@ def rng_state() -> tuple:
 
 
 def set_rng_state(state: tuple) -> None:
-    import numpy as np
-
     torch.set_rng_state(torch.frombuffer(bytearray(state[0]), dtype=torch.uint8))
     random.setstate(state[1])
     name, keys, pos, has_gauss, gauss = state[2]
@@ -59,8 +56,6 @@ def set_rng_state(state: tuple) -> None:
 
 
 def _seed_process(base_seed: int, worker_id: int) -> int:
-    import numpy as np
-
     seed = base_seed + worker_id
     torch.set_num_threads(1)
     random.seed(seed)

@@ -152,12 +152,11 @@ class DataLoader(tud.DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next `iter(loader)` resumes from `state` (an empty dict: from the start)."""
-        if state:
-            _checked_restore(state, self)  # fail here, not at the next iter()
+        checked = _checked_restore(state, self) if state else None  # fail here, not in iter()
         if self._iterator is not None:  # persistent workers restart from the state
             self._iterator._shutdown()
             self._iterator = None
-        self._pending_state = dict(state) if state else None
+        self._pending_state = checked
 
     def stats(self) -> dict[str, Any]:
         """Counts and times of the most recent pass: batches, waits, worker fetch time."""

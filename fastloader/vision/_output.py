@@ -9,14 +9,14 @@ import threading
 
 import torch
 
+from .._storage import storage_users
+
 
 def _unreferenced(t: torch.Tensor) -> bool:
     # Expected references: the pool's list, the caller's loop variable, this parameter,
     # getrefcount's argument; for the storage: the tensor and the temporary storage object.
-    try:
-        return sys.getrefcount(t) <= 4 and torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2
-    except AttributeError:  # private API gone: never reuse
-        return False
+    users = storage_users(t)
+    return sys.getrefcount(t) <= 4 and users is not None and users <= 2  # unknown: never reuse
 
 
 class OutputPool:
