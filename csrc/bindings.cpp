@@ -8,6 +8,7 @@
 
 #include "image/augment.h"
 #include "image/random_crop.h"
+#include "io/tar.h"
 #include "jpeg/decode.h"
 
 namespace fl = fastloader;
@@ -174,10 +175,36 @@ torch::Tensor sample_resized_crops(torch::Tensor sizes, double scale_lo, double 
   return boxes;
 }
 
+// (names, int64 (N, 3) header/data offset/size, consumed, at_end, error, error_offset)
+py::tuple scan_tar(py::buffer data, uint64_t base, bool final, uint64_t max_member_size) {
+  py::buffer_info input = data.request();
+  if (input.ndim != 1 || input.itemsize != 1) throw py::value_error("tar data must be a 1-D byte buffer");
+  fl::TarScan scan;
+  {
+    py::gil_scoped_release no_gil;
+    scan = fl::scan_tar(static_cast<const uint8_t*>(input.ptr), size_t(input.size), base, final,
+                        max_member_size);
+  }
+  const int64_t n = int64_t(scan.members.size());
+  torch::Tensor where = torch::empty({n, 3}, torch::kInt64);
+  int64_t* w = where.data_ptr<int64_t>();
+  py::list names(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const fl::TarMember& m = scan.members[size_t(i)];
+    PyObject* name = PyUnicode_DecodeUTF8(m.name.data(), Py_ssize_t(m.name.size()), "surrogateescape");
+    if (!name) throw py::error_already_set();
+    PyList_SET_ITEM(names.ptr(), i, name);
+    w[3 * i] = int64_t(m.header);
+    w[3 * i + 1] = int64_t(m.offset);
+    w[3 * i + 2] = int64_t(m.size);
+  }
+  return py::make_tuple(names, where, scan.consumed, scan.at_end, scan.error, scan.error_offset);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fastloader's compiled kernels (JPEG decode, fused image augmentation)";
+  m.doc() = "fastloader's compiled kernels (JPEG decode, fused image augmentation, tar scanning)";
   py::register_exception<fl::JpegError>(m, "JpegError", PyExc_ValueError);
   m.def("decode_jpeg", &decode_jpeg, py::arg("data"), py::arg("mode"), py::arg("scale"),
         py::arg("apply_orientation"), py::arg("max_pixels"), py::arg("max_scans"));
@@ -189,4 +216,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("max_scans"), py::arg("num_threads"));
   m.def("sample_resized_crops", &sample_resized_crops, py::arg("sizes"), py::arg("scale_lo"),
         py::arg("scale_hi"), py::arg("ratio_lo"), py::arg("ratio_hi"), py::arg("seed"));
+  m.def("scan_tar", &scan_tar, py::arg("data"), py::arg("base"), py::arg("final"),
+        py::arg("max_member_size"));
 }

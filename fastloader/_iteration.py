@@ -489,6 +489,14 @@ def _checked_restore(state: dict, loader) -> dict:
     if state["dataset_kind"] != loader._dataset_kind:
         raise ValueError("DataLoader state was saved for a different kind of dataset")
     same_workers = state["num_workers"] == loader.num_workers
+    merged = state.get("dataset") if state["dataset_kind"] == _DatasetKind.Iterable else None
+    if merged:  # one state for all workers (see DataLoader.state_dict): any num_workers
+        if not same_workers:
+            n = max(loader.num_workers, 1)
+            state["workers"] = [{"batches": 0, "exhausted": False} for _ in range(n)]
+            state["cycle"] = 0
+        state["workers"] = [dict(w, dataset=merged) for w in state["workers"]]
+        return state
     if state["dataset_kind"] == _DatasetKind.Iterable and not same_workers:
         raise ValueError(
             "an IterableDataset resumes only with the num_workers it was saved with "

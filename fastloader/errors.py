@@ -19,3 +19,30 @@ class DecodeError(ValueError):
         if key is not None:
             where.append(f"key {key!r}")
         super().__init__(f"{' '.join(where)}: {reason}" if where else reason)
+
+
+class ShardError(ValueError):
+    """A shard could not be read: an unreadable URL, a damaged tar, a sample missing data.
+
+    ``url`` names the shard, ``offset`` the byte offset of the damage (when known),
+    ``key`` the sample key (when known), ``reason`` what went wrong.
+    """
+
+    def __init__(self, reason: str, *, url: str | None = None, offset: int | None = None, key: str | None = None) -> None:
+        self.reason = reason
+        self.url = url
+        self.offset = offset
+        self.key = key
+        where = [str(url)] if url is not None else []
+        if offset is not None:
+            where.append(f"byte offset {offset}")
+        if key is not None:
+            where.append(f"key {key!r}")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+    def __reduce__(self):  # survives the trip from a worker process
+        return (_rebuild_shard_error, (self.reason, self.url, self.offset, self.key))
+
+
+def _rebuild_shard_error(reason, url, offset, key) -> ShardError:
+    return ShardError(reason, url=url, offset=offset, key=key)

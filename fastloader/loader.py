@@ -17,6 +17,8 @@ from torch.utils.data.datapipes.datapipe import IterDataPipe, MapDataPipe
 
 from . import _collate_hook, _worker_info
 from ._device import DevicePrefetcher
+from torch.utils.data.dataloader import _DatasetKind
+
 from ._iteration import LoaderIterator, _checked_restore
 
 _collate_hook.install()
@@ -146,9 +148,14 @@ class DataLoader(tud.DataLoader):
         if self._pending_state is not None:
             return self._pending_state
         live = self._live_iterator()
-        if live is not None:
-            return live.state()
-        return self._saved_state or {}
+        state = live.state() if live is not None else self._saved_state or {}
+        gather = getattr(self.dataset, "gather_state", None)
+        if state and self._dataset_kind == _DatasetKind.Iterable and callable(gather):
+            # a dataset whose workers' (and ranks') states combine into one: its resume
+            # then holds with another num_workers (fastloader.WebDataset on indexed shards)
+            parts = [w["dataset"] for w in state["workers"] if "dataset" in w]
+            state = dict(state, dataset=gather(parts, max(self.num_workers, 1)))
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next `iter(loader)` resumes from `state` (an empty dict: from the start)."""
@@ -161,6 +168,10 @@ class DataLoader(tud.DataLoader):
     def stats(self) -> dict[str, Any]:
         """Counts and times of the most recent pass: batches, waits, worker fetch time."""
         live = self._live_iterator()
-        if live is not None:
-            return live.stats()
-        return self._saved_stats or {}
+        out = live.stats() if live is not None else dict(self._saved_stats or {})
+        state = live.state() if live is not None else self._saved_state
+        parts = [w["dataset"]["stats"] for w in (state or {}).get("workers", [])
+                 if isinstance(w.get("dataset"), dict) and isinstance(w["dataset"].get("stats"), dict)]
+        if parts:  # the dataset's own counts, summed over workers (e.g. WebDataset failures)
+            out["dataset"] = {k: sum(p.get(k, 0) for p in parts) for k in parts[0]}
+        return out

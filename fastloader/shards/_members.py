@@ -1,0 +1,145 @@
+"""Member names to samples, by the webdataset convention.
+
+A sample is a run of consecutive members sharing a key: the path up to the first dot of
+the file name; the rest (lowercased) is the extension under which its bytes appear.
+Names without an extension and `__meta__` entries are skipped, as webdataset does.
+"""
+from __future__ import annotations
+
+import mmap
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_META = re.compile(r"__[^/]*__($|/)")
+
+
+def split_name(name: str) -> tuple[str | None, str | None]:
+    """("dir/abc", "seg.png") for "dir/abc.seg.PNG"'s key and extension; (None, None) to skip."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot <= slash:  # no extension, or a hidden file
+        return None, None
+    if "/" not in name and name.startswith("__") and name.endswith("__"):
+        return None, None
+    if _META.match(name):
+        return None, None
+    return name[:dot], name[dot + 1:].lower()
+
+
+@dataclass
+class Problem:
+    """A sample that cannot be delivered as it is (duplicate member, missing extension)."""
+
+    offset: int
+    key: str
+    reason: str
+
+
+@dataclass
+class Samples:
+    """Members grouped into samples: sample i has members first[i]..first[i+1]."""
+
+    keys: list[str]
+    exts: list[str]              # distinct extensions; member_ext indexes this list
+    member_ext: np.ndarray       # int32
+    offset: np.ndarray           # int64 data offset of each member
+    size: np.ndarray             # int64 data size of each member
+    first: np.ndarray            # int64, len(keys) + 1
+    header: np.ndarray           # int64 offset of each sample's first header
+    problems: list[Problem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def group(names: list[str], header: np.ndarray, offset: np.ndarray, size: np.ndarray) -> Samples:
+    """Groups scanned members into samples; a sample with a duplicate extension is left
+    out and reported in `problems`."""
+    keys: list[str] = []
+    ext_ids: dict[str, int] = {}
+    member_ext: list[int] = []
+    kept: list[int] = []
+    first: list[int] = []
+    starts: list[int] = []
+    problems: list[Problem] = []
+    current: str | None = None
+    seen: set[str] = set()
+    bad = False
+
+    def close() -> None:
+        nonlocal bad
+        if current is None:
+            return
+        if bad:
+            del keys[-1], starts[-1]
+            del kept[first[-1]:], member_ext[first[-1]:]
+            del first[-1]
+        bad = False
+
+    for i, name in enumerate(names):
+        key, ext = split_name(name)
+        if key is None:
+            continue
+        if key != current:
+            close()
+            current = key
+            seen = set()
+            keys.append(key)
+            starts.append(int(header[i]))
+            first.append(len(kept))
+        if ext in seen:
+            if not bad:
+                problems.append(Problem(int(header[i]), key, f"duplicate member {name!r} in one sample"))
+            bad = True
+            continue
+        seen.add(ext)
+        kept.append(i)
+        member_ext.append(ext_ids.setdefault(ext, len(ext_ids)))
+    close()
+    first.append(len(kept))
+    idx = np.asarray(kept, dtype=np.int64)
+    return Samples(
+        keys=keys,
+        exts=list(ext_ids),
+        member_ext=np.asarray(member_ext, dtype=np.int32),
+        offset=offset[idx] if len(idx) else np.zeros(0, np.int64),
+        size=size[idx] if len(idx) else np.zeros(0, np.int64),
+        first=np.asarray(first, dtype=np.int64),
+        header=np.asarray(starts, dtype=np.int64),
+        problems=problems,
+    )
+
+
+class SampleMaker:
+    """Builds sample dicts (`__key__`, `__url__`, each member's bytes under its
+    extension) from grouped samples and the buffer their offsets index."""
+
+    def __init__(self, samples: Samples, data, url: str):
+        self.samples = samples
+        self.url = url
+        self.data = data
+        self.copy = not isinstance(data, (bytes, mmap.mmap))  # their slices are bytes already
+        self.ext = [samples.exts[e] for e in range(len(samples.exts))]
+        self.end = samples.offset + samples.size
+
+    def __len__(self) -> int:
+        return len(self.samples.keys)
+
+    def exts_of(self, i: int) -> list[str]:
+        s = self.samples
+        return [self.ext[e] for e in s.member_ext[s.first[i]:s.first[i + 1]].tolist()]
+
+    def nbytes(self, i: int) -> int:
+        s = self.samples
+        return int(s.size[s.first[i]:s.first[i + 1]].sum())
+
+    def __call__(self, i: int) -> dict:
+        s = self.samples
+        sample = {"__key__": s.keys[i], "__url__": self.url}
+        a, b = s.first[i:i + 2].tolist()
+        data, ext = self.data, self.ext
+        for e, o, z in zip(s.member_ext[a:b].tolist(), s.offset[a:b].tolist(), self.end[a:b].tolist()):
+            sample[ext[e]] = bytes(data[o:z]) if self.copy else data[o:z]
+        return sample

@@ -1,0 +1,492 @@
+"""`WebDataset`: samples of sharded tar files, split over ranks and workers, resumable."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from .._worker_info import get_worker_info
+from ..errors import ShardError
+from . import _index, _members, _scanning, _tar, partition
+from .urls import expand_urls, local_path, open_stream, read_chunks
+
+STATE_VERSION = 1
+MAX_OPEN_SHARDS = 64  # mmaps kept open per worker (each holds a file descriptor)
+
+
+@dataclass
+class _Plan:
+    """What one pass of one partition reads: fixed when iteration starts."""
+
+    epoch: int
+    rank: int
+    world_size: int
+    worker: int
+    num_workers: int
+    layers: list = field(default_factory=list)  # [[parts, counts], ...] of earlier runs
+    skip: int = 0                                # items of this partition already delivered
+    quota: int | None = None                     # items this partition yields (epoch_size)
+
+    @property
+    def parts(self) -> int:
+        return self.world_size * self.num_workers
+
+    @property
+    def k(self) -> int:
+        return self.rank * self.num_workers + self.worker
+
+
+@dataclass
+class _Pass:
+    plan: _Plan
+    consumed: int = 0  # positions of this partition's stream taken, delivered or skipped
+    stats: dict = field(default_factory=lambda: {"samples": 0, "bytes": 0, "shards": 0, "failures": 0,
+                                                  "skipped_samples": 0})
+    last_error: str | None = None
+
+
+def _distributed_topology() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return 0, 1
+
+
+class WebDataset(IterableDataset):
+    """Samples of WebDataset tar shards, one dict per sample: `__key__`, `__url__` and
+    the bytes of each member under its extension (webdataset's convention).
+
+    Args:
+        urls: a list, a brace pattern (`train-{000000..000199}.tar`), a glob, local paths
+            or `file://`; `https://`, `s3://`, `gs://`... stream through fsspec.
+        shuffle: shuffle samples: globally when every shard is local (indexed), else
+            through a buffer of `buffer_size` samples.
+        seed: every order is a pure function of (seed, epoch); see `set_epoch`.
+        shard_shuffle: shuffle the order of shards each epoch.
+        resampled: draw shards with replacement, forever (bound it with `epoch_size`).
+        rank, world_size: this process's place; default: torch.distributed when
+            initialised, else the RANK / WORLD_SIZE environment, else 0 of 1.
+        epoch_size: samples per epoch over all ranks; every rank then yields the same
+            number (cut, or repeated from the start of its share), as DDP needs.
+        on_error: "raise" a `ShardError` naming the shard and byte offset, or "skip" the
+            bad part (counted in `stats()`), up to `max_failures` per worker.
+        require: extensions every sample must have (e.g. ("jpg", "cls")).
+        index_dir: where shard indexes are cached: None = beside the shard (or the user
+            cache dir when that is read-only), a directory, or False for no cache.
+        allow_pipe: allow `pipe:` URLs (they run a shell command).
+        max_member_size: a tar header declaring more data than this is damage.
+    """
+
+    def __init__(
+        self,
+        urls: str | os.PathLike | Iterable[str | os.PathLike],
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        shard_shuffle: bool = True,
+        buffer_size: int = 1000,
+        resampled: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        epoch_size: int | None = None,
+        on_error: str = "raise",
+        max_failures: int = 100,
+        require: Iterable[str] = (),
+        index_dir: str | bool | None = None,
+        allow_pipe: bool = False,
+        max_member_size: int = _tar.DEFAULT_MAX_MEMBER_SIZE,
+        chunk_size: int = 4 << 20,
+    ) -> None:
+        super().__init__()
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        for name, value, low in (("buffer_size", buffer_size, 1), ("max_failures", max_failures, 0),
+                                 ("max_member_size", max_member_size, 1), ("chunk_size", chunk_size, 512)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if epoch_size is not None and (not isinstance(epoch_size, int) or epoch_size < 1):
+            raise ValueError(f"epoch_size must be a positive int or None, got {epoch_size!r}")
+        if (rank is None) != (world_size is None):
+            raise ValueError("give both rank and world_size, or neither")
+        if world_size is not None and not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        self.urls = expand_urls(urls)
+        for url in self.urls:  # fail at construction, not in a worker
+            if url.startswith("pipe:") and not allow_pipe:
+                raise ShardError("pipe: URLs run a shell command; pass allow_pipe=True to allow them", url=url)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.shard_shuffle = shard_shuffle
+        self.buffer_size = buffer_size
+        self.resampled = resampled
+        self.rank, self.world_size = rank, world_size
+        self.epoch_size = epoch_size
+        self.on_error = on_error
+        self.max_failures = max_failures
+        self.require = tuple(e.lower() for e in require)
+        self.index_dir = index_dir
+        self.allow_pipe = allow_pipe
+        self.max_member_size = max_member_size
+        self.chunk_size = chunk_size
+        # local, not resampled: every shard indexed, global sample order and elastic resume
+        self.indexed = not resampled and all(local_path(u) is not None for u in self.urls)
+        self.epoch = 0
+        self._restore: dict | None = None
+        self._pass: _Pass | None = None
+        self._indexes: dict[int, _index.ShardIndex] = {}
+        self._open: OrderedDict[int, _members.SampleMaker] = OrderedDict()
+
+    # -- epochs, topology ---------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of this epoch on the next iteration (like DistributedSampler)."""
+        self.epoch = int(epoch)
+
+    def _topology(self) -> tuple[int, int, int, int]:
+        rank, world = (self.rank, self.world_size) if self.rank is not None else _distributed_topology()
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world})")
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank, world, worker, workers
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_open"] = OrderedDict()  # mmaps stay in the process that opened them
+        state["_pass"] = None
+        return state
+
+    # -- iteration ------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict]:
+        restore, self._restore = self._restore, None
+        plan = self._plan(self._topology(), restore)
+        p = self._pass = _Pass(plan)
+        source = self._indexed_positions(p) if self.indexed else self._streamed(p)
+        skip = plan.skip
+        quota = plan.quota
+        taken = 0
+        for sample in source:
+            if taken < skip:  # a resumed stream replays what was delivered before the stop
+                taken += 1
+                continue
+            if quota is not None and taken >= quota:
+                break
+            taken += 1
+            p.consumed = taken
+            if sample is None:  # a bad sample, counted when it was met
+                continue
+            p.stats["samples"] += 1
+            yield sample
+        p.consumed = taken
+
+    def _plan(self, topology, restore: dict | None) -> _Plan:
+        rank, world, worker, workers = topology
+        plan = _Plan(self.epoch, rank, world, worker, workers)
+        if restore is not None:
+            plan.epoch = restore["epoch"]
+            consumed = dict(map(tuple, restore["consumed"]))
+            same = restore["world_size"] == world and restore["num_workers"] == workers
+            everyone = sorted(restore["ranks"]) == list(range(restore["world_size"]))
+            plan.layers = [list(x) for x in restore["layers"]]
+            if same and rank in restore["ranks"]:
+                plan.skip = consumed.get(plan.k, 0)
+            elif self.indexed and everyone:  # elastic: the rest of the epoch, re-dealt
+                parts = restore["world_size"] * restore["num_workers"]
+                plan.layers.append([parts, [consumed.get(j, 0) for j in range(parts)]])
+            elif not self.indexed:
+                raise ValueError(
+                    "a streamed WebDataset resumes only with the world_size and num_workers it was "
+                    f"saved with (saved {restore['world_size']} x {restore['num_workers']}, now "
+                    f"{world} x {workers}); local indexed shards resume with any")
+            else:
+                raise ValueError(
+                    f"this state covers ranks {restore['ranks']} of {restore['world_size']}: resuming with "
+                    f"another world_size or num_workers needs every rank's state merged "
+                    "(DataLoader.state_dict() gathers them under torch.distributed; else use "
+                    "WebDataset.merge_worker_states)")
+        if self.epoch_size is not None:
+            if self.indexed or not plan.layers:
+                done = sum(sum(counts) for _, counts in plan.layers)
+                plan.quota = partition.quota(max(self.epoch_size - done, 0), world, rank, workers, worker)
+            if not self.indexed:
+                plan.quota = partition.quota(self.epoch_size, world, rank, workers, worker)
+        return plan
+
+    def _fail(self, p: _Pass, error: ShardError, samples: int = 0) -> None:
+        if self.on_error == "raise":
+            raise error
+        p.stats["failures"] += 1
+        p.stats["skipped_samples"] += samples
+        p.last_error = str(error)
+        if p.stats["failures"] > self.max_failures:
+            raise ShardError(f"more than max_failures={self.max_failures} failures; the last: {error}",
+                             url=error.url, offset=error.offset, key=error.key)
+
+    def _checked(self, p: _Pass, maker: _members.SampleMaker, i: int) -> dict | None:
+        if self.require:
+            have = maker.exts_of(i)
+            missing = [e for e in self.require if e not in have]
+            if missing:
+                key = maker.samples.keys[i]
+                self._fail(p, ShardError(f"sample has no {', '.join(missing)} member", url=maker.url,
+                                         offset=int(maker.samples.header[i]), key=key), samples=1)
+                return None
+        sample = maker(i)
+        p.stats["bytes"] += sum(len(v) for k, v in sample.items() if not k.startswith("__"))
+        return sample
+
+    # -- local, indexed shards --------------------------------------------------------------
+    def _index(self, shard: int) -> _index.ShardIndex:
+        index = self._indexes.get(shard)
+        if index is None:
+            path = local_path(self.urls[shard])
+            index = _index.load_or_build(path, self.index_dir, self.max_member_size)
+            self._indexes[shard] = index
+        return index
+
+    def _maker(self, shard: int) -> _members.SampleMaker:
+        maker = self._open.get(shard)
+        if maker is None:
+            if len(self._open) >= MAX_OPEN_SHARDS:
+                self._open.popitem(last=False)
+            url = self.urls[shard]
+            maker = _members.SampleMaker(self._index(shard).samples, _index.open_mmap(local_path(url)), url)
+            self._open[shard] = maker
+        else:
+            self._open.move_to_end(shard)
+        return maker
+
+    def _load_indexes(self, p: _Pass) -> np.ndarray:
+        """Sample counts of every shard; damage is counted by the partition owning the shard."""
+        counts = np.zeros(len(self.urls), dtype=np.int64)
+        for s, url in enumerate(self.urls):
+            try:
+                index = self._index(s)
+            except OSError as e:
+                if s % p.plan.parts == p.plan.k or self.on_error == "raise":
+                    self._fail(p, ShardError(f"cannot read shard: {e.strerror or e}", url=url))
+                continue
+            counts[s] = len(index)
+            if s % p.plan.parts == p.plan.k or self.on_error == "raise":
+                for offset, reason in index.damage:
+                    self._fail(p, ShardError(reason, url=url, offset=offset))
+                for prob in index.samples.problems:
+                    self._fail(p, ShardError(prob.reason, url=url, offset=prob.offset, key=prob.key), samples=1)
+        return counts
+
+    def _epoch_order(self, counts: np.ndarray, epoch: int) -> np.ndarray:
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        if self.shuffle:
+            return partition.permutation(int(starts[-1]), self.seed, epoch)
+        shards = partition.permutation(len(counts), self.seed, epoch, 1) if self.shard_shuffle else range(len(counts))
+        parts = [np.arange(starts[s], starts[s + 1]) for s in shards]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def _indexed_positions(self, p: _Pass) -> Iterator[dict | None]:
+        plan = p.plan
+        counts = self._load_indexes(p)
+        order = partition.remaining(self._epoch_order(counts, plan.epoch), plan.layers)
+        mine = order[plan.k::plan.parts]
+        if plan.quota is not None and plan.quota > len(mine):
+            if len(mine) == 0:
+                raise ValueError(f"rank {plan.rank} worker {plan.worker} has no samples to fill epoch_size")
+            mine = partition.fit(mine, plan.quota)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        first_shard = None
+        mine = mine[plan.skip:]  # skipped positions cost nothing here
+        p.consumed = plan.skip
+        shard_of = np.searchsorted(starts, mine, side="right") - 1
+        local = mine - starts[shard_of]
+        for _ in range(plan.skip):
+            yield None  # placeholders the caller counts as already delivered
+        for s, i in zip(shard_of.tolist(), local.tolist()):
+            if s != first_shard:
+                first_shard = s
+                p.stats["shards"] += 1
+            yield self._checked(p, self._maker(s), i)
+
+    # -- streamed shards --------------------------------------------------------------------
+    def _shard_sequence(self, plan: _Plan) -> Iterator[int]:
+        n = len(self.urls)
+        if self.resampled:
+            r = partition.rng(self.seed, plan.epoch, plan.k, 2)
+            while True:
+                yield from r.integers(n, size=64).tolist()
+        rounds = 0
+        while True:
+            order = partition.permutation(n, self.seed, plan.epoch, 1 + rounds) if self.shard_shuffle else np.arange(n)
+            mine = order[plan.k::plan.parts].tolist()
+            if not mine:
+                if plan.quota:
+                    raise ValueError(f"{n} shards cannot feed {plan.parts} ranks x workers with epoch_size: "
+                                     "use more shards than ranks x workers")
+                return
+            yield from mine
+            if plan.quota is None:
+                return
+            rounds += 1
+
+    def _shard_samples(self, p: _Pass, shard: int) -> Iterator[dict | None]:
+        url = self.urls[shard]
+        p.stats["shards"] += 1
+        path = local_path(url)
+        if path is not None:  # local: through the index
+            try:
+                index = self._index(shard)
+                maker = self._maker(shard)
+            except OSError as e:
+                self._fail(p, ShardError(f"cannot read shard: {e.strerror or e}", url=url))
+                return
+            events = sorted([(o, 1, ShardError(r, url=url, offset=o)) for o, r in index.damage]
+                            + [(pr.offset, 1, ShardError(pr.reason, url=url, offset=pr.offset, key=pr.key))
+                               for pr in index.samples.problems])
+            heads = index.samples.header.tolist()
+            e = 0
+            for i, head in enumerate(heads):
+                while e < len(events) and events[e][0] < head:
+                    self._fail(p, events[e][2])
+                    e += 1
+                yield self._checked(p, maker, i)
+            for ev in events[e:]:
+                self._fail(p, ev[2])
+            return
+        try:
+            stream = open_stream(url, self.allow_pipe)
+        except ShardError as err:
+            self._fail(p, err)
+            return
+        try:
+            for item, data in _scanning.stream_samples(url, read_chunks(stream, self.chunk_size), self.max_member_size):
+                if isinstance(item, int):
+                    self._fail(p, ShardError(data, url=url, offset=item))
+                    continue
+                maker = _members.SampleMaker(item, data, url)
+                for i in range(len(maker)):
+                    yield self._checked(p, maker, i)
+        except OSError as err:
+            self._fail(p, ShardError(f"read failed: {err}", url=url))
+        finally:
+            try:
+                stream.close()
+            except ShardError as err:
+                self._fail(p, err)
+
+    def _streamed(self, p: _Pass) -> Iterator[dict | None]:
+        samples = (s for shard in self._shard_sequence(p.plan) for s in self._shard_samples(p, shard)
+                   if s is not None)
+        if self.shuffle:
+            samples = _buffer_shuffle(samples, self.buffer_size, partition.rng(self.seed, p.plan.epoch, p.plan.k, 3))
+        return samples
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """This copy's position: the samples its partition delivered in this epoch."""
+        p = self._pass
+        if p is None:
+            if self._restore is not None:
+                return self._restore
+            rank, world, worker, workers = self._topology()
+            plan = _Plan(self.epoch, rank, world, worker, workers)
+            p = _Pass(plan)
+        return self._state_of(p)
+
+    def _state_of(self, p: _Pass) -> dict[str, Any]:
+        plan = p.plan
+        return {
+            "version": STATE_VERSION,
+            "mode": "indexed" if self.indexed else "streamed",
+            "epoch": plan.epoch,
+            "seed": self.seed,
+            "world_size": plan.world_size,
+            "num_workers": plan.num_workers,
+            "ranks": [plan.rank],
+            "layers": [[parts, list(counts)] for parts, counts in plan.layers],
+            "consumed": [[plan.k, p.consumed]],
+            "stats": dict(p.stats),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The next iteration resumes from `state` (one worker's, or several merged)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported WebDataset state version {state.get('version')!r}")
+        mode = "indexed" if self.indexed else "streamed"
+        if state["mode"] != mode or state["seed"] != self.seed:
+            raise ValueError(f"this state was saved by a different WebDataset ({state['mode']}, seed "
+                             f"{state['seed']}; this one is {mode}, seed {self.seed})")
+        self.epoch = state["epoch"]
+        self._restore = state
+        self._pass = None
+
+    @staticmethod
+    def merge_worker_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+        """One state from the states of several workers (and ranks) of one run."""
+        states = [s for s in states if s]
+        if not states:
+            return {}
+        # After an elastic resume, a worker that has delivered nothing yet still holds the
+        # restored state (one layer less): nothing of the new layer is taken by it.
+        depth = max(len(s["layers"]) for s in states)
+        states = [s for s in states if len(s["layers"]) == depth]
+        head = states[0]
+        same = ("version", "mode", "epoch", "seed", "world_size", "num_workers", "layers")
+        for s in states[1:]:
+            for key in same:
+                if s[key] != head[key]:
+                    raise ValueError(f"cannot merge WebDataset states that differ in {key!r}")
+        consumed: dict[int, int] = {}
+        for s in states:
+            for k, c in s["consumed"]:
+                consumed[k] = max(consumed.get(k, 0), c)
+        stats: dict[str, int] = {}
+        for s in states:
+            for k, v in s.get("stats", {}).items():
+                stats[k] = stats.get(k, 0) + v
+        return dict(head, ranks=sorted({r for s in states for r in s["ranks"]}),
+                    consumed=sorted([k, c] for k, c in consumed.items()), stats=stats)
+
+    def gather_state(self, states: list[dict[str, Any]], num_workers: int = 1) -> dict[str, Any]:
+        """Merges this rank's worker states (a collective under torch.distributed: every
+        rank's are merged, so any rank's checkpoint resumes the whole run)."""
+        merged = self.merge_worker_states(states)
+        if not merged:  # no worker has delivered anything yet
+            rank, world, _, _ = self._topology()
+            plan = _Plan(self.epoch, rank, world, 0, num_workers)
+            merged = dict(self._state_of(_Pass(plan)), consumed=[])
+        if (self.rank is None and torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1):
+            everyone: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(everyone, merged)
+            merged = self.merge_worker_states(everyone)
+        return merged
+
+    def stats(self) -> dict[str, Any]:
+        """Counts of this copy's current or last pass: samples, bytes, shards, failures."""
+        p = self._pass
+        out = dict(p.stats) if p is not None else {}
+        if p is not None and p.last_error:
+            out["last_error"] = p.last_error
+        return out
+
+
+def _buffer_shuffle(samples: Iterator, size: int, rng: np.random.Generator) -> Iterator:
+    """webdataset's buffer shuffle, drawn from `rng`: each new sample takes the place of a
+    random one in a buffer of `size`, which is yielded."""
+    buf: list = []
+    draws: list[int] = []
+    for sample in samples:
+        if len(buf) < size:
+            buf.append(sample)
+            continue
+        if not draws:
+            draws = rng.integers(size, size=1024).tolist()
+        j = draws.pop()
+        buf[j], sample = sample, buf[j]
+        yield sample
+    rng.shuffle(buf)
+    yield from buf

@@ -1,0 +1,123 @@
+"""Shard URLs: brace patterns, globs, local paths, file://, fsspec schemes and pipe:."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+from collections.abc import Iterable, Iterator
+
+from ..errors import ShardError
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`a-{000..002}.tar` -> a-000.tar, a-001.tar, a-002.tar; `{x,y}` -> alternatives.
+    Numeric ranges keep the zero padding of their first bound."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        return [pattern]
+    head, body, tail = pattern[:m.start()], m.group(1), pattern[m.end():]
+    r = _RANGE.match(body)
+    if r:
+        lo, hi = int(r.group(1)), int(r.group(2))
+        width = len(r.group(1)) if r.group(1).lstrip("-").startswith("0") else 0
+        step = 1 if hi >= lo else -1
+        choices = [f"{i:0{width}d}" for i in range(lo, hi + step, step)]
+    else:
+        choices = body.split(",")
+    return [head + c + rest for c in choices for rest in expand_braces(tail)]
+
+
+def scheme_of(url: str) -> str:
+    if url.startswith("pipe:"):
+        return "pipe"
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", url)
+    return m.group(1).lower() if m else "file"
+
+
+def local_path(url: str) -> str | None:
+    """The filesystem path of a local URL, else None."""
+    s = scheme_of(url)
+    if s != "file":
+        return None
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def expand_urls(urls: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+    """A flat list of shard URLs from a pattern, a "::"-joined string or a list of them.
+    Local glob patterns (`*`, `?`, `[..]`) expand to the sorted matches."""
+    if isinstance(urls, (str, os.PathLike)):
+        items = str(urls).split("::")
+    else:
+        items = [str(u) for u in urls]
+    out: list[str] = []
+    for item in items:
+        for url in expand_braces(item):
+            path = local_path(url)
+            if path is not None and glob.has_magic(path):
+                matches = sorted(glob.glob(path))
+                if not matches:
+                    raise ShardError("no file matches this pattern", url=url)
+                out.extend(matches)
+            else:
+                out.append(url)
+    if not out:
+        raise ValueError("no shard URLs given")
+    return out
+
+
+def open_stream(url: str, allow_pipe: bool = False):
+    """A readable binary file object for a non-local URL (fsspec) or a pipe: command."""
+    s = scheme_of(url)
+    if s == "pipe":
+        if not allow_pipe:
+            raise ShardError("pipe: URLs run a shell command; pass allow_pipe=True to allow them", url=url)
+        return _PipeStream(url[len("pipe:"):], url)
+    try:
+        import fsspec
+    except ImportError:
+        raise ShardError(f"reading {s}:// URLs needs fsspec (pip install fsspec)", url=url) from None
+    try:
+        return fsspec.open(url, "rb").open()
+    except Exception as e:  # the protocol's own error types vary
+        raise ShardError(f"cannot open: {e}", url=url) from e
+
+
+class _PipeStream:
+    """stdout of a shell command; a non-zero exit status is an error at close."""
+
+    def __init__(self, command: str, url: str):
+        self.url = url
+        self.proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, bufsize=0)
+
+    def readinto(self, b) -> int:
+        return self.proc.stdout.readinto(b)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.stdout.close()
+        status = self.proc.wait()
+        if status not in (0, -9):
+            raise ShardError(f"pipe command exited with status {status}", url=self.url)
+
+
+def read_chunks(stream, chunk_size: int) -> Iterator[memoryview]:
+    """Fills and yields a buffer of up to chunk_size bytes at a time (short only at EOF)."""
+    while True:
+        buf = bytearray(chunk_size)
+        view = memoryview(buf)
+        n = 0
+        while n < chunk_size:
+            got = stream.readinto(view[n:])
+            if not got:
+                break
+            n += got
+        if n == 0:
+            return
+        yield view[:n]
+        if n < chunk_size:
+            return
