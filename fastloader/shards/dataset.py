@@ -51,12 +51,17 @@ class _Pass:
     last_error: str | None = None
 
 
-def _distributed_topology() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _process_topology() -> tuple[int, int] | None:
+    """(rank, world_size) from torch.distributed, else RANK / WORLD_SIZE, else None."""
+    if _distributed():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    return 0, 1
+    return None
 
 
 class WebDataset(IterableDataset):
@@ -72,7 +77,8 @@ class WebDataset(IterableDataset):
         shard_shuffle: shuffle the order of shards each epoch.
         resampled: draw shards with replacement, forever (bound it with `epoch_size`).
         rank, world_size: this process's place; default: torch.distributed when
-            initialised, else the RANK / WORLD_SIZE environment, else 0 of 1.
+            initialised (create the dataset after init_process_group), else the RANK /
+            WORLD_SIZE environment, else 0 of 1.
         epoch_size: samples per epoch over all ranks; every rank then yields the same
             number (cut, or repeated from the start of its share), as DDP needs.
         on_error: "raise" a `ShardError` naming the shard and byte offset, or "skip" the
@@ -127,6 +133,10 @@ class WebDataset(IterableDataset):
         self.buffer_size = buffer_size
         self.resampled = resampled
         self.rank, self.world_size = rank, world_size
+        # Read here, in the main process: a loader's worker processes are not part of the
+        # process group (create the dataset after init_process_group).
+        self._found_topology = _process_topology() if rank is None else None
+        self._from_process_group = rank is None and _distributed()
         self.epoch_size = epoch_size
         self.on_error = on_error
         self.max_failures = max_failures
@@ -149,7 +159,10 @@ class WebDataset(IterableDataset):
         self.epoch = int(epoch)
 
     def _topology(self) -> tuple[int, int, int, int]:
-        rank, world = (self.rank, self.world_size) if self.rank is not None else _distributed_topology()
+        if self.rank is not None:
+            rank, world = self.rank, self.world_size
+        else:
+            rank, world = self._found_topology or _process_topology() or (0, 1)
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in [0, world_size={world})")
         info = get_worker_info()
@@ -160,6 +173,8 @@ class WebDataset(IterableDataset):
         state = dict(self.__dict__)
         state["_open"] = OrderedDict()  # mmaps stay in the process that opened them
         state["_pass"] = None
+        if self.rank is None and state["_found_topology"] is None:  # pickled for a spawned worker
+            state["_found_topology"] = _process_topology()
         return state
 
     # -- iteration ------------------------------------------------------------------------
@@ -458,8 +473,7 @@ class WebDataset(IterableDataset):
             rank, world, _, _ = self._topology()
             plan = _Plan(self.epoch, rank, world, 0, num_workers)
             merged = dict(self._state_of(_Pass(plan)), consumed=[])
-        if (self.rank is None and torch.distributed.is_available() and torch.distributed.is_initialized()
-                and torch.distributed.get_world_size() > 1):
+        if self._from_process_group and _distributed() and torch.distributed.get_world_size() > 1:
             everyone: list = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(everyone, merged)
             merged = self.merge_worker_states(everyone)

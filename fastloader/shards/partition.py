@@ -34,8 +34,10 @@ def share(total: int, parts: int, k: int) -> int:
 
 
 def quota(total: int, world_size: int, rank: int, num_workers: int, worker: int) -> int:
-    """Items for (rank, worker) when every rank takes the same share (+-1) of `total`."""
-    return share(share(total, world_size, rank), num_workers, worker)
+    """Items for (rank, worker) when `total` items per epoch are dealt so that every rank
+    gets the same count (rounded up, as DistributedSampler pads), split over its workers."""
+    del rank  # every rank alike
+    return share(-(-total // world_size), num_workers, worker)
 
 
 def fit(items: np.ndarray, n: int | None) -> np.ndarray:

@@ -1,0 +1,187 @@
+"""Damaged shards: an error naming the shard and byte offset, or skipped and counted with
+every good sample still delivered; nothing crashes or allocates without bound."""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import fsspec
+import numpy as np
+import pytest
+
+import fastloader
+
+from _shard_data import keys, make_samples, write_with_webdataset
+
+MODES = ["indexed", "streamed"]
+
+
+def _urls(paths, mode, tag):
+    if mode == "indexed":
+        return paths
+    fs = fsspec.filesystem("memory")
+    out = []
+    for i, p in enumerate(paths):
+        with open(p, "rb") as f:
+            fs.pipe(f"/bad-{tag}/{i}.tar", f.read())
+        out.append(f"memory://bad-{tag}/{i}.tar")
+    return out
+
+
+def _member_headers(path):
+    """Offset of each member's own ustar header (after any pax header webdataset writes)."""
+    with tarfile.open(path) as tf:
+        return {m.name: m.offset_data - 512 for m in tf.getmembers()}
+
+
+@pytest.fixture
+def shard_set(tmp_path):
+    samples = make_samples(60, seed=5)
+    paths = write_with_webdataset(tmp_path, samples, per_shard=20)
+    return samples, paths
+
+
+def _read(urls, **kw):
+    ds = fastloader.WebDataset(urls, shard_shuffle=False, **kw)
+    return list(ds), ds.stats()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_truncated_tar(shard_set, mode, request):
+    samples, paths = shard_set
+    headers = _member_headers(paths[1])
+    cut = headers["s000030.bin"] + 700  # inside sample 30's data
+    with open(paths[1], "r+b") as f:
+        f.truncate(cut)
+    urls = _urls(paths, mode, request.node.name)
+    with pytest.raises(fastloader.ShardError) as e:
+        _read(urls)
+    assert e.value.url == urls[1] and "truncated" in str(e.value)
+    assert str(urls[1]) in str(e.value) and f"byte offset {e.value.offset}" in str(e.value)
+    got, stats = _read(urls, on_error="skip")
+    assert keys(got) == keys(samples[:30] + samples[40:])
+    assert stats["failures"] == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_header_checksum_loses_only_that_member(shard_set, mode, request):
+    samples, paths = shard_set
+    offset = _member_headers(paths[0])["s000010.txt"]
+    with open(paths[0], "r+b") as f:
+        block = bytearray(f.read(512))
+        block[0] ^= 0x55
+        f.seek(offset)
+        f.write(block)
+    urls = _urls(paths, mode, request.node.name)
+    with pytest.raises(fastloader.ShardError, match="checksum") as e:
+        _read(urls)
+    assert e.value.offset == offset
+    got, stats = _read(urls, on_error="skip", require=("bin", "cls", "txt"))
+    assert [s for s in got] == [dict(s, __url__=u) for s, u in
+                                ((s, urls[int(s["__key__"][1:]) // 20]) for s in samples) if s["__key__"] != "s000010"]
+    assert stats["failures"] == 2  # the damaged header, then sample 10 without its txt
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_non_tar_file_and_unreadable_url(shard_set, mode, request, tmp_path):
+    samples, paths = shard_set
+    with open(paths[1], "wb") as f:
+        f.write(b"<html>this is not a tar</html>" * 50)
+    urls = _urls(paths, mode, request.node.name) + [str(tmp_path / "missing.tar") if mode == "indexed"
+                                                     else "memory://nowhere/missing.tar"]
+    with pytest.raises(fastloader.ShardError, match="not a tar file") as e:
+        _read(urls)
+    assert e.value.url == urls[1] and e.value.offset == 0
+    got, stats = _read(urls, on_error="skip")
+    assert keys(got) == keys(samples[:20] + samples[40:])
+    assert stats["failures"] == 2
+    with pytest.raises(fastloader.ShardError, match="more than max_failures=1"):
+        _read(urls, on_error="skip", max_failures=1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sample_missing_a_required_extension(tmp_path, mode, request):
+    samples = make_samples(10)
+    del samples[4]["cls"]
+    urls = _urls(write_with_webdataset(tmp_path, samples, per_shard=100), mode, request.node.name)
+    with pytest.raises(fastloader.ShardError, match="no cls member") as e:
+        _read(urls, require=("bin", "cls"))
+    assert e.value.key == "s000004" and e.value.url == urls[0]
+    got, stats = _read(urls, require=("bin", "cls"), on_error="skip")
+    assert keys(got) == [k for k in keys(samples) if k != "s000004"]
+    assert stats["skipped_samples"] == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_header_claiming_100_gb_is_rejected(shard_set, mode, request):
+    samples, paths = shard_set
+    offset = _member_headers(paths[0])["s000003.bin"]
+    with open(paths[0], "r+b") as f:
+        f.seek(offset)
+        h = bytearray(f.read(512))
+        h[124:136] = b"\x80" + (100 * 10**9).to_bytes(11, "big")
+        h[148:156] = b" " * 8
+        h[148:156] = f"{sum(h):06o}".encode() + b"\0 "
+        f.seek(offset)
+        f.write(h)
+    urls = _urls(paths, mode, request.node.name)
+    with pytest.raises(fastloader.ShardError, match="100000000000 data bytes"):
+        _read(urls)
+    got, _ = _read(urls, on_error="skip", require=("bin", "cls", "txt"))
+    assert keys(got) == [k for k in keys(samples) if k != "s000003"]
+
+
+def test_errors_cross_from_loader_workers_with_the_shard_named(shard_set):
+    samples, paths = shard_set
+    with open(paths[2], "r+b") as f:
+        f.truncate(5000)
+    loader = fastloader.DataLoader(fastloader.WebDataset(paths), batch_size=4, num_workers=2,
+                                   collate_fn=lambda b: b)
+    with pytest.raises(fastloader.ShardError, match=os.path.basename(paths[2])):
+        list(loader)
+    loader = fastloader.DataLoader(fastloader.WebDataset(paths, on_error="skip"), batch_size=4,
+                                   num_workers=2, collate_fn=lambda b: [s["__key__"] for s in b])
+    got = [k for b in loader for k in b]
+    good_in_damaged, _ = _read(paths[2], on_error="skip")
+    assert 0 < len(good_in_damaged) < 20
+    assert sorted(got) == sorted(keys(samples[:40]) + keys(good_in_damaged))
+    assert loader.stats()["dataset"]["failures"] == 1
+
+
+def test_randomly_damaged_tars_never_crash(tmp_path):
+    samples = make_samples(12, seed=3)
+    path = write_with_webdataset(tmp_path, samples, per_shard=100)[0]
+    with open(path, "rb") as f:
+        clean = f.read()
+    rng = np.random.default_rng(0)
+    fs = fsspec.filesystem("memory")
+    for trial in range(150):
+        blob = bytearray(clean)
+        for _ in range(int(rng.integers(1, 20))):
+            blob[int(rng.integers(0, len(blob)))] = int(rng.integers(0, 256))
+        if trial % 3 == 0:
+            blob = blob[: int(rng.integers(0, len(blob)))]
+        with open(path, "wb") as f:
+            f.write(blob)
+        fs.pipe("/fuzz.tar", bytes(blob))
+        for url in (path, "memory://fuzz.tar"):
+            got, stats = _read(url, on_error="skip", max_failures=10**6, index_dir=False, chunk_size=1024)
+            assert all(isinstance(s["__key__"], str) for s in got)
+            try:
+                _read(url, index_dir=False)
+            except fastloader.ShardError:
+                pass
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="on_error"):
+        fastloader.WebDataset("x.tar", on_error="ignore")
+    with pytest.raises(ValueError, match="buffer_size"):
+        fastloader.WebDataset("x.tar", buffer_size=0)
+    with pytest.raises(ValueError, match="both rank and world_size"):
+        fastloader.WebDataset("x.tar", rank=1)
+    with pytest.raises(ValueError, match="rank must be in"):
+        fastloader.WebDataset("x.tar", rank=2, world_size=2)
+    with pytest.raises(ValueError, match="epoch_size"):
+        fastloader.WebDataset("x.tar", epoch_size=0)

@@ -1,0 +1,134 @@
+"""WebDataset reading: interop with the webdataset library both ways, URL forms, the
+index cache, and use with fastloader's and torch's DataLoader."""
+from __future__ import annotations
+
+import os
+
+import fsspec
+import pytest
+import torch
+
+import fastloader
+from fastloader.shards import _index
+
+from _shard_data import keys, make_samples, read_with_webdataset, write_with_webdataset
+
+
+@pytest.fixture(scope="module")
+def ref_shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ref")
+    samples = make_samples(230, seed=1)
+    return samples, write_with_webdataset(d, samples, per_shard=50)
+
+
+def _plain(samples):
+    return [{k: v for k, v in s.items() if k != "__url__"} for s in samples]
+
+
+def test_shards_written_by_webdataset_read_identically(ref_shards):
+    samples, paths = ref_shards
+    ours = list(fastloader.WebDataset(paths, shard_shuffle=False))
+    theirs = read_with_webdataset(paths)
+    assert ours == theirs  # same keys, same bytes, same __url__
+    assert _plain(ours) == samples
+
+
+def test_our_shards_read_identically_in_webdataset(tmp_path):
+    samples = make_samples(120, seed=2, prefix="dir/sub/")
+    samples[7]["__key__"] = "dir/" + "k" * 180  # a pax long name
+    samples[9]["json"] = {"a": [1, 2]}
+    with fastloader.ShardWriter(str(tmp_path / "ours-%04d.tar"), maxcount=40) as w:
+        for s in samples:
+            w.write(s)
+    assert [os.path.basename(p) for p in w.shards] == ["ours-0000.tar", "ours-0001.tar", "ours-0002.tar"]
+    theirs = read_with_webdataset(w.shards)
+    ours = list(fastloader.WebDataset(w.shards, shard_shuffle=False))
+    assert ours == theirs
+    assert theirs[9]["json"] == b'{"a": [1, 2]}'
+    assert _plain(theirs)[:9] == samples[:9] and keys(theirs) == keys(samples)
+
+
+def test_url_forms_expand_to_the_same_shards(ref_shards, tmp_path):
+    _, paths = ref_shards
+    d = os.path.dirname(paths[0])
+    want = list(fastloader.WebDataset(paths, shard_shuffle=False))
+    for urls in (os.path.join(d, "ref-{000000..000004}.tar"), os.path.join(d, "ref-*.tar"),
+                 ["file://" + p for p in paths], "::".join(paths)):
+        got = list(fastloader.WebDataset(urls, shard_shuffle=False))
+        assert keys(got) == keys(want) and _plain(got) == _plain(want), urls
+    with pytest.raises(fastloader.ShardError, match="no file matches"):
+        fastloader.WebDataset(os.path.join(d, "nothing-*.tar"))
+
+
+def test_fsspec_urls_stream_through_the_scanner(ref_shards):
+    _, paths = ref_shards
+    fs = fsspec.filesystem("memory")
+    for i, p in enumerate(paths):
+        with open(p, "rb") as f:
+            fs.pipe(f"/streamed/ref-{i:06d}.tar", f.read())
+    want = read_with_webdataset(paths)
+    ds = fastloader.WebDataset("memory://streamed/ref-{000000..000004}.tar", shard_shuffle=False, chunk_size=3000)
+    assert not ds.indexed
+    got = list(ds)
+    assert _plain(got) == _plain(want)
+    assert got[0]["__url__"] == "memory://streamed/ref-000000.tar"
+
+
+def test_pipe_urls_need_allow_pipe(ref_shards):
+    _, paths = ref_shards
+    with pytest.raises(fastloader.ShardError, match="allow_pipe"):
+        fastloader.WebDataset(f"pipe:cat {paths[0]}")
+    got = list(fastloader.WebDataset(f"pipe:cat {paths[0]}", allow_pipe=True))
+    assert _plain(got) == _plain(read_with_webdataset(paths[0]))
+
+
+def test_index_is_cached_beside_the_shard_and_rebuilt_when_it_changes(tmp_path):
+    paths = write_with_webdataset(tmp_path, make_samples(30, seed=3), per_shard=100)
+    assert len(list(fastloader.WebDataset(paths))) == 30
+    cache = paths[0] + _index.INDEX_SUFFIX
+    assert os.path.exists(cache)
+    # a stale index (the shard rewritten with other samples) is not used
+    write_with_webdataset(tmp_path, make_samples(12, seed=4), per_shard=100)
+    os.utime(paths[0], ns=(1, 1))
+    assert keys(fastloader.WebDataset(paths)) == keys(make_samples(12, seed=4))
+    # a corrupt index file is rebuilt, not trusted
+    with open(cache, "wb") as f:
+        f.write(b"garbage")
+    assert len(list(fastloader.WebDataset(paths))) == 12
+
+
+def test_index_goes_to_the_cache_dir_when_it_cannot_sit_beside_the_shard(tmp_path, monkeypatch):
+    paths = write_with_webdataset(tmp_path / "shards", make_samples(10), per_shard=100)
+    os.mkdir(paths[0] + _index.INDEX_SUFFIX)  # the place beside the shard is taken
+    monkeypatch.setenv("FASTLOADER_CACHE", str(tmp_path / "cache"))
+    assert len(list(fastloader.WebDataset(paths))) == 10
+    assert len(os.listdir(tmp_path / "cache" / "index")) == 1
+    assert len(list(fastloader.WebDataset(paths))) == 10  # and is found there again
+
+
+def test_index_dir_argument(tmp_path, ref_shards):
+    _, paths = ref_shards
+    ds = fastloader.WebDataset(paths[:1], index_dir=str(tmp_path / "idx"))
+    assert len(list(ds)) == 50 and len(os.listdir(tmp_path / "idx")) == 1
+
+
+def _collate_keys(batch):
+    return [s["__key__"] for s in batch]
+
+
+@pytest.mark.parametrize("loader_cls", [fastloader.DataLoader, torch.utils.data.DataLoader])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_every_sample_once_through_a_loader_with_workers(ref_shards, loader_cls, shuffle):
+    samples, paths = ref_shards
+    ds = fastloader.WebDataset(paths, shuffle=shuffle, seed=5)
+    loader = loader_cls(ds, batch_size=16, num_workers=2, collate_fn=_collate_keys)
+    got = [k for batch in loader for k in batch]
+    assert sorted(got) == sorted(keys(samples))
+
+
+def test_thread_workers_split_the_stream_too(ref_shards):
+    samples, paths = ref_shards
+    loader = fastloader.DataLoader(fastloader.WebDataset(paths), batch_size=10, num_workers=2,
+                                   worker_type="thread", collate_fn=_collate_keys)
+    got = [k for batch in loader for k in batch]
+    assert sorted(got) == sorted(keys(samples))

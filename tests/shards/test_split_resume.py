@@ -1,0 +1,191 @@
+"""Splitting over ranks and workers, deterministic shuffles, exact and elastic resume."""
+from __future__ import annotations
+
+import itertools
+
+import fsspec
+import pytest
+
+import fastloader
+
+from _shard_data import keys, make_samples, write_with_webdataset
+
+N = 157
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("split")
+    samples = make_samples(N, seed=7)
+    paths = write_with_webdataset(d, samples, per_shard=20)  # 8 shards
+    fs = fsspec.filesystem("memory")
+    for i, p in enumerate(paths):
+        with open(p, "rb") as f:
+            fs.pipe(f"/split/s-{i:02d}.tar", f.read())
+    streamed = [f"memory://split/s-{i:02d}.tar" for i in range(len(paths))]
+    return keys(samples), {"indexed": paths, "streamed": streamed}
+
+
+def _keys_of(batch):
+    return [s["__key__"] for s in batch]
+
+
+def _loader(ds, workers, batch_size=8, worker_type="process"):
+    return fastloader.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_keys_of,
+                                 worker_type=worker_type)
+
+
+@pytest.mark.parametrize("mode", ["indexed", "streamed"])
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("world,workers", [(1, 0), (2, 2), (3, 1), (2, 3)])
+def test_each_sample_once_across_ranks_and_workers(shards, mode, shuffle, world, workers):
+    all_keys, urls = shards
+    seen = []
+    for rank in range(world):
+        ds = fastloader.WebDataset(urls[mode], shuffle=shuffle, seed=3, buffer_size=30, rank=rank, world_size=world)
+        seen += [k for b in _loader(ds, workers, worker_type="thread") for k in b]
+    assert sorted(seen) == sorted(all_keys)
+
+
+def test_rank_comes_from_the_environment(shards, monkeypatch):
+    all_keys, urls = shards
+    seen = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        part = [s["__key__"] for s in fastloader.WebDataset(urls["indexed"])]
+        assert 0 < len(part) < N
+        seen += part
+    assert sorted(seen) == sorted(all_keys)
+
+
+@pytest.mark.parametrize("mode", ["indexed", "streamed"])
+def test_epoch_size_gives_every_rank_the_same_count(shards, mode):
+    _, urls = shards
+    counts = []
+    for rank in range(3):
+        ds = fastloader.WebDataset(urls[mode], rank=rank, world_size=3, epoch_size=200, shuffle=True)
+        counts.append(sum(len(b) for b in _loader(ds, 2, worker_type="thread")))
+    assert counts == [67, 67, 67]
+
+
+def test_resampled_streams_with_replacement_deterministically(shards):
+    all_keys, urls = shards
+    ds = fastloader.WebDataset(urls["indexed"], resampled=True, seed=1)
+    first = [s["__key__"] for s in itertools.islice(ds, 400)]
+    assert len(first) == 400 and set(first) <= set(all_keys)
+    assert len(set(first)) < 400  # with replacement
+    assert first == [s["__key__"] for s in itertools.islice(ds, 400)]
+    bounded = fastloader.WebDataset(urls["indexed"], resampled=True, epoch_size=50)
+    assert len(list(bounded)) == 50
+
+
+@pytest.mark.parametrize("mode", ["indexed", "streamed"])
+def test_order_is_a_function_of_seed_and_epoch(shards, mode):
+    all_keys, urls = shards
+
+    def order(seed, epoch):
+        ds = fastloader.WebDataset(urls[mode], shuffle=True, seed=seed, buffer_size=40)
+        ds.set_epoch(epoch)
+        return [s["__key__"] for s in ds]
+
+    a = order(1, 0)
+    assert sorted(a) == sorted(all_keys) and a != all_keys
+    assert order(1, 0) == a
+    assert order(1, 1) != a and order(2, 0) != a
+    if mode == "indexed":  # a global shuffle: neighbours in a shard end up far apart
+        pos = {k: i for i, k in enumerate(a)}
+        gaps = [abs(pos[x] - pos[y]) for x, y in zip(all_keys, all_keys[1:])]
+        assert sorted(gaps)[len(gaps) // 2] > 20
+
+
+def _cut_and_resume(make_ds, workers, cut, batch_size=8):
+    """Batches of a full run, and those of a run stopped after `cut` and restored."""
+    full = list(_loader(make_ds(), workers, batch_size))
+    first = _loader(make_ds(), workers, batch_size)
+    it = iter(first)
+    head = [next(it) for _ in range(cut)]
+    state = first.state_dict()
+    del it
+    second = _loader(make_ds(), workers, batch_size)
+    second.load_state_dict(state)
+    return full, head, list(second)
+
+
+@pytest.mark.parametrize("mode", ["indexed", "streamed"])
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("cut", [1, 5, 9])
+def test_resume_through_the_loader_is_exact(shards, mode, workers, cut):
+    _, urls = shards
+
+    def make():
+        return fastloader.WebDataset(urls[mode], shuffle=True, seed=11, buffer_size=25)
+
+    full, head, rest = _cut_and_resume(make, workers, cut)
+    assert head == full[:cut]
+    assert rest == full[cut:]
+
+
+@pytest.mark.parametrize("new_world,new_workers", [(3, 1), (1, 3), (2, 0)])
+def test_elastic_resume_with_other_ranks_and_workers(shards, new_world, new_workers):
+    all_keys, urls = shards
+    delivered = []
+    states = []
+    for rank in range(2):  # a run on 2 ranks x 2 workers, stopped after 3 batches per rank
+        loader = _loader(fastloader.WebDataset(urls["indexed"], shuffle=True, seed=5, rank=rank, world_size=2), 2)
+        it = iter(loader)
+        delivered += [k for _ in range(3) for k in next(it)]
+        states.append(loader.state_dict())
+        del it
+    merged = fastloader.WebDataset.merge_worker_states([s["dataset"] for s in states])
+    assert merged["ranks"] == [0, 1]
+    for rank in range(new_world):
+        ds = fastloader.WebDataset(urls["indexed"], shuffle=True, seed=5, rank=rank, world_size=new_world)
+        loader = _loader(ds, new_workers)
+        loader.load_state_dict(dict(states[0], dataset=merged))
+        delivered += [k for b in loader for k in b]
+    assert sorted(delivered) == sorted(all_keys)
+
+
+def test_two_elastic_resumes_in_a_row(shards):
+    all_keys, urls = shards
+    delivered, state = [], None
+    for world, workers, take in ((2, 1, 2), (3, 2, 1), (1, 2, None)):
+        states = []
+        for rank in range(world):
+            loader = _loader(fastloader.WebDataset(urls["indexed"], seed=2, rank=rank, world_size=world), workers)
+            if state is not None:
+                loader.load_state_dict(state)
+            it = iter(loader)
+            delivered += [k for b in (itertools.islice(it, take) if take else it) for k in b]
+            states.append(loader.state_dict())
+            del it
+        merged = fastloader.WebDataset.merge_worker_states([s["dataset"] for s in states])
+        state = dict(states[0], dataset=merged)
+    assert sorted(delivered) == sorted(all_keys)
+
+
+def test_streamed_resume_needs_the_same_topology(shards):
+    _, urls = shards
+    loader = _loader(fastloader.WebDataset(urls["streamed"]), 2)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    del it
+    other = _loader(fastloader.WebDataset(urls["streamed"]), 3)
+    other.load_state_dict(state)
+    with pytest.raises(ValueError, match="same world_size and num_workers|resumes only with"):
+        list(other)
+
+
+def test_a_partial_state_cannot_resume_another_topology(shards):
+    _, urls = shards
+    loader = _loader(fastloader.WebDataset(urls["indexed"], rank=0, world_size=2), 1)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    del it
+    other = _loader(fastloader.WebDataset(urls["indexed"], rank=0, world_size=3), 1)
+    other.load_state_dict(state)
+    with pytest.raises(ValueError, match="every rank's state merged"):
+        list(other)
