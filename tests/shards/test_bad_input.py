@@ -2,7 +2,6 @@
 every good sample still delivered; nothing crashes or allocates without bound."""
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 

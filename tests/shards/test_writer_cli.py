@@ -1,0 +1,128 @@
+"""ShardWriter, `fastloader convert` and `fastloader inspect`."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastloader
+from fastloader.cli import main
+
+from _shard_data import make_samples, read_with_webdataset, write_with_webdataset
+
+
+def test_shard_writer_splits_by_count_and_size(tmp_path):
+    samples = make_samples(50, seed=2)
+    with fastloader.ShardWriter(str(tmp_path / "c-%03d.tar"), maxcount=20) as w:
+        for s in samples:
+            w.write(s)
+    assert [len(read_with_webdataset(p)) for p in w.shards] == [20, 20, 10]
+    with fastloader.ShardWriter(str(tmp_path / "s-%03d.tar"), maxsize=20_000) as w:
+        for s in samples:
+            w.write(s)
+    sizes = [os.path.getsize(p) for p in w.shards]
+    assert len(sizes) > 3 and max(sizes) <= 20_000 + 1024  # + the end-of-archive blocks
+    assert [s["__key__"] for s in read_with_webdataset(w.shards)] == [s["__key__"] for s in samples]
+
+
+def test_values_are_encoded_as_webdataset_expects(tmp_path):
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with fastloader.ShardWriter(str(tmp_path / "v-%d.tar")) as w:
+        w.write({"__key__": "a", "cls": 3, "txt": "h\u00e9", "json": {"x": [1]}, "npy": arr, "bin": b"\x00\x01"})
+    (got,) = read_with_webdataset(w.shards)
+    assert got["cls"] == b"3" and got["txt"] == "h\u00e9".encode() and json.loads(got["json"]) == {"x": [1]}
+    assert np.array_equal(np.load(io.BytesIO(got["npy"])), arr) and got["bin"] == b"\x00\x01"
+
+
+def test_writer_errors(tmp_path):
+    with pytest.raises(ValueError, match="%-format"):
+        fastloader.ShardWriter(str(tmp_path / "no-pattern.tar"))
+    w = fastloader.ShardWriter(str(tmp_path / "e-%d.tar"))
+    with pytest.raises(ValueError, match="dot"):
+        w.write({"__key__": "a.b", "txt": "x"})
+    with pytest.raises(TypeError, match="cannot write a ndarray as .jpg"):
+        w.write({"__key__": "a", "jpg": np.zeros(3)})
+    with pytest.raises(ValueError, match="__key__"):
+        w.write({"txt": "x"})
+    w.close()
+    with pytest.raises(RuntimeError):
+        with fastloader.ShardWriter(str(tmp_path / "f-%d.tar")) as w:
+            w.write({"__key__": "a", "txt": "x"})
+            raise RuntimeError("stop")
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("f-")]  # no half-written shard
+
+
+@pytest.fixture
+def image_folder(tmp_path, photos):
+    root = tmp_path / "imgs"
+    files = {}
+    for c, name in enumerate(sorted(photos)[:3]):
+        os.makedirs(root / f"class{c}")
+        for i in range(3 + c):
+            img = Image.fromarray(photos[name][i * 10:i * 10 + 60, :80])
+            ext = "png" if i == 0 else "jpeg" if i == 1 else "jpg"
+            path = root / f"class{c}" / f"img.{i}.{ext}"
+            img.save(path)
+            files[str(path)] = c
+    (root / "class0" / "notes.txt").write_text("not an image")
+    return root, files
+
+
+def test_convert_image_folder(image_folder, tmp_path, capsys):
+    root, files = image_folder
+    assert main(["convert", str(root), str(tmp_path / "out" / "train-%04d.tar"), "--maxcount", "4", "--quiet"]) == 0
+    assert "wrote 12 samples" in capsys.readouterr().out
+    got = read_with_webdataset(sorted(str(p) for p in (tmp_path / "out").glob("*.tar")))
+    assert len(got) == len(files) == 12
+    originals = {}
+    for path, c in files.items():
+        with open(path, "rb") as f:
+            originals[f.read()] = c
+    for s in got:
+        (ext,) = [e for e in s if e in ("jpg", "png")]
+        assert originals[s[ext]] == int(s["cls"])
+    assert json.load(open(tmp_path / "out" / "classes.json")) == ["class0", "class1", "class2"]
+
+
+def test_convert_csv_and_jsonl(tmp_path):
+    rows = [("good film", "pos"), ("bad, \"very\" bad", "neg"), ("meh\nmulti-line", "neu")]
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text("text,label\n" + "".join(f'"{t.replace(chr(34), chr(34) * 2)}",{lab}\n' for t, lab in rows))
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text("".join(json.dumps({"body": t, "y": i}) + "\n" for i, (t, _) in enumerate(rows)))
+    assert main(["convert", str(csv_path), str(tmp_path / "a" / "t-%02d.tar"), "--no-shuffle", "--quiet"]) == 0
+    got = read_with_webdataset(str(tmp_path / "a" / "t-00.tar"))
+    assert [(s["txt"].decode(), int(s["cls"])) for s in got] == [(t, ["neg", "neu", "pos"].index(lab)) for t, lab in rows]
+    assert main(["convert", str(jsonl), str(tmp_path / "b" / "t-%02d.tar"), "--text-field", "body",
+                 "--label-field", "y", "--no-shuffle", "--quiet"]) == 0
+    got = read_with_webdataset(str(tmp_path / "b" / "t-00.tar"))
+    assert [(s["txt"].decode(), int(s["cls"])) for s in got] == [(t, i) for i, (t, _) in enumerate(rows)]
+    assert not (tmp_path / "b" / "classes.json").exists()  # integer labels kept as they are
+
+
+def test_convert_errors_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a", "label": 1}\n{oops\n')
+    assert main(["convert", str(bad), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text("sentence,label\nx,1\n")
+    assert main(["convert", str(csv_path), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
+    assert "no column 'text'" in capsys.readouterr().err
+
+
+def test_inspect_reports_counts_and_damage(tmp_path, capsys):
+    paths = write_with_webdataset(tmp_path, make_samples(30), per_shard=10)
+    assert main(["inspect", str(tmp_path / "ref-*.tar")]) == 0
+    out = capsys.readouterr().out
+    assert "3 shards, 30 samples" in out and "bin (30), cls (30), txt (30)" in out and "no damage" in out
+    with open(paths[1], "r+b") as f:
+        f.truncate(3000)
+    assert main(["inspect", "--json", *paths]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [r["samples"] for r in report][0::2] == [10, 10] and report[1]["samples"] < 10
+    assert report[1]["damage"][0][1].startswith("truncated") and report[0]["keys"]["unique"] == 10
