@@ -1,7 +1,7 @@
 """Shared-memory transport of batches from process workers to the main process.
 
 Each worker owns an arena of memfd segments. Tensors of a batch live in (or are copied
-once into) the arena; the batch itself is pickled with the tensors replaced by
+once into) the arena, as do large `bytes` objects; the batch itself is pickled with the tensors replaced by
 (segment, dtype, shape, stride, offset) references, so only a few hundred bytes cross
 the socket. The main process maps each segment once and builds the tensors as views of
 it. When every tensor of a batch is gone, the main process hands the batch's segments
@@ -16,6 +16,7 @@ import io
 import mmap
 import os
 import pickle
+import threading
 import weakref
 from dataclasses import dataclass, field
 
@@ -27,7 +28,19 @@ from ._storage import storage_users
 _ALIGN = 64
 _MIN_SEGMENT = 1 << 20
 _POPULATE_MIN = 256 << 10
-_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14
+_BYTES_IN_ARENA = 32 << 10
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+
+def _advise(mm: mmap.mmap, advice: int, start: int, nbytes: int, minimum: int) -> None:
+    lo = start // mmap.PAGESIZE * mmap.PAGESIZE
+    hi = _round_up(start + nbytes, mmap.PAGESIZE)
+    if hi - lo >= minimum:
+        try:
+            mm.madvise(advice, lo, hi - lo)
+        except OSError:  # kernel < 5.14: page faults do the same, slower
+            pass
 
 
 class SharedMemoryError(RuntimeError):
@@ -134,15 +147,9 @@ class WorkerArena:
         return seg, 0
 
     @staticmethod
-    def _populate(seg: _Segment, start: int, nbytes: int) -> None:
+    def _populate(seg: _Segment, start: int, nbytes: int, minimum: int = _POPULATE_MIN) -> None:
         """Maps the pages about to be written in one call, not one fault per page."""
-        lo = start // mmap.PAGESIZE * mmap.PAGESIZE
-        hi = _round_up(start + nbytes, mmap.PAGESIZE)
-        if hi - lo >= _POPULATE_MIN:
-            try:
-                seg.mm.madvise(_MADV_POPULATE_WRITE, lo, hi - lo)
-            except OSError:  # kernel < 5.14: page faults do the same, slower
-                pass
+        _advise(seg.mm, _MADV_POPULATE_WRITE, start, nbytes, minimum)
 
     def empty(self, size, dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised contiguous tensor living in the arena."""
@@ -187,8 +194,9 @@ class WorkerArena:
     def pack(self, obj) -> tuple[bytes, list[int], list[tuple[int, int]]]:
         """Pickles obj; returns (payload, segment ids it uses, new (id, fd) to send)."""
         buf = io.BytesIO()
+        pickler = _ArenaBytesPickler if _holds_large_bytes(obj) else _ArenaPickler
         try:
-            _ArenaPickler(buf, self).dump(obj)
+            pickler(buf, self).dump(obj)
         except BaseException:
             self.abandon_batch()
             raise
@@ -208,13 +216,17 @@ class WorkerArena:
 
 
 class _ArenaPickler(pickle.Pickler):
+    """Tensors go by reference to the arena. `reducer_override` is only consulted for
+    objects pickle has no fast path for, so plain data (dicts, str, small bytes) costs
+    nothing extra."""
+
     def __init__(self, file, arena: WorkerArena):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.arena = arena
 
-    def persistent_id(self, obj):
-        if not _is_plain_cpu_tensor(obj):
-            return None
+    def reducer_override(self, obj):
+        if type(obj) is not torch.Tensor or not _is_plain_cpu_tensor(obj):
+            return NotImplemented
         seg = self.arena._find(obj)
         if seg is None:
             # Not made in the arena: copy the storage span it views, strides kept (a
@@ -223,8 +235,44 @@ class _ArenaPickler(pickle.Pickler):
             flat = self.arena.empty((span,), obj.dtype)
             flat.copy_(obj.as_strided((span,), (1,), obj.storage_offset()))
             seg = self.arena._find(flat)
-            return ("t", seg.id, obj.dtype, tuple(obj.shape), obj.stride(), flat.storage_offset())
-        return ("t", seg.id, obj.dtype, tuple(obj.shape), obj.stride(), obj.storage_offset())
+            return _arena_tensor, (seg.id, obj.dtype, tuple(obj.shape), obj.stride(), flat.storage_offset())
+        return _arena_tensor, (seg.id, obj.dtype, tuple(obj.shape), obj.stride(), obj.storage_offset())
+
+
+class _ArenaBytesPickler(_ArenaPickler):
+    """Also moves large `bytes` (e.g. shard members) through the arena: one copy in, one
+    out, instead of pickle's copies through the socket. `persistent_id` is called for
+    every object, so this pickler is used only for batches that hold such bytes."""
+
+    def persistent_id(self, obj):
+        if type(obj) is not bytes or len(obj) < _BYTES_IN_ARENA:
+            return None
+        n = len(obj)
+        seg, offset = self.arena.alloc(n)
+        self.arena._populate(seg, offset, n, minimum=0)
+        seg.mm[offset:offset + n] = obj
+        return ("b", seg.id, offset, n)
+
+
+def _holds_large_bytes(obj, depth: int = 4) -> bool:
+    """A cheap look (first items only) for large bytes in a batch's structure."""
+    kind = type(obj)
+    if kind is bytes:
+        return len(obj) >= _BYTES_IN_ARENA
+    if depth == 0:
+        return False
+    if kind is dict:
+        return any(_holds_large_bytes(v, depth - 1) for v in list(obj.values())[:16])
+    if kind is list or kind is tuple:
+        return bool(obj) and _holds_large_bytes(obj[0], depth - 1)
+    return False
+
+
+_unpacking = threading.local()  # the leases of the batch being unpickled in this thread
+
+
+def _arena_tensor(sid, dtype, shape, stride, offset) -> torch.Tensor:
+    return _unpacking.leases[sid].view(dtype).as_strided(shape, stride, offset)
 
 
 class MainSegments:
@@ -260,14 +308,20 @@ class MainSegments:
             lease = self._arrays[sid][:]
             weakref.finalize(lease, self._release, sid)
             leases[sid] = torch.from_numpy(lease)
-        return _ArenaUnpickler(io.BytesIO(payload), leases).load()
+        _unpacking.leases = leases
+        try:
+            return _ArenaUnpickler(io.BytesIO(payload), leases, self._maps).load()
+        finally:
+            _unpacking.leases = None
 
 
 class _ArenaUnpickler(pickle.Unpickler):
-    def __init__(self, file, leases):
+    def __init__(self, file, leases, maps):
         super().__init__(file)
         self.leases = leases
+        self.maps = maps
 
-    def persistent_load(self, pid):
-        _, sid, dtype, shape, stride, offset = pid
-        return self.leases[sid].view(dtype).as_strided(shape, stride, offset)
+    def persistent_load(self, pid):  # large bytes: a copy, so the segment goes back at once
+        _, sid, offset, n = pid
+        _advise(self.maps[sid], _MADV_POPULATE_READ, offset, n, 0)
+        return self.leases[sid][offset:offset + n].numpy().tobytes()

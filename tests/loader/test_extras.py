@@ -89,3 +89,28 @@ def test_loader_benchmark_measures_both(capsys):
     (row,) = rows
     for impl in ("torch", "fastloader"):
         assert row[impl]["batches_per_s"] > 0 and row[impl]["ttfb_ms"] > 0 and row[impl]["peak_rss_mb"] > 0
+
+
+class _BlobDataset(tud.Dataset):
+    """Samples with large and small bytes (as shard readers yield) and a tensor."""
+
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        big = torch.randint(0, 256, (40_000 + 997 * i,), dtype=torch.uint8, generator=g).numpy().tobytes()
+        return {"big": big, "small": big[:100], "t": torch.full((3,), i), "nested": [(big[::7], i)]}
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_large_bytes_cross_from_process_workers_unchanged(batch_size):
+    collate = (lambda b: b) if batch_size else None
+    kwargs = dict(batch_size=batch_size, num_workers=2, collate_fn=collate)
+    ours = list(fastloader.DataLoader(_BlobDataset(), **kwargs))
+    theirs = list(tud.DataLoader(_BlobDataset(), **kwargs))
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        for x, y in zip(a if batch_size else [a], b if batch_size else [b]):
+            assert type(x["big"]) is bytes and x["big"] == y["big"] and x["small"] == y["small"]
+            assert torch.equal(x["t"], y["t"]) and x["nested"] == y["nested"]
