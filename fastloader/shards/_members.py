@@ -136,10 +136,27 @@ class SampleMaker:
         return int(s.size[s.first[i]:s.first[i + 1]].sum())
 
     def __call__(self, i: int) -> dict:
+        return self.make_many(np.asarray([i]))[0][0]
+
+    def make_many(self, idx: np.ndarray) -> tuple[list[dict], list[int]]:
+        """Samples idx (in that order) and the member bytes of each, gathered at once."""
         s = self.samples
-        sample = {"__key__": s.keys[i], "__url__": self.url}
-        a, b = s.first[i:i + 2].tolist()
-        data, ext = self.data, self.ext
-        for e, o, z in zip(s.member_ext[a:b].tolist(), s.offset[a:b].tolist(), self.end[a:b].tolist()):
-            sample[ext[e]] = bytes(data[o:z]) if self.copy else data[o:z]
-        return sample
+        lo = s.first[idx]
+        counts = s.first[idx + 1] - lo
+        total = int(counts.sum())
+        # the member numbers of every sample, concatenated
+        starts = np.cumsum(counts) - counts
+        members = np.arange(total) + np.repeat(lo - starts, counts)
+        ext, exts = s.member_ext[members].tolist(), self.ext
+        off, end = s.offset[members].tolist(), self.end[members].tolist()
+        nbytes = np.add.reduceat(s.size[members], starts).tolist() if total else [0] * len(idx)
+        keys, url, data, copy = s.keys, self.url, self.data, self.copy
+        out = []
+        m = 0
+        for i, c in zip(idx.tolist(), counts.tolist()):
+            sample = {"__key__": keys[i], "__url__": url}
+            for j in range(m, m + c):
+                sample[exts[ext[j]]] = bytes(data[off[j]:end[j]]) if copy else data[off[j]:end[j]]
+            m += c
+            out.append(sample)
+        return out, nbytes

@@ -18,6 +18,7 @@ from .urls import expand_urls, local_path, open_stream, read_chunks
 
 STATE_VERSION = 1
 MAX_OPEN_SHARDS = 64  # mmaps kept open per worker (each holds a file descriptor)
+_CHUNK = 256  # samples built together
 
 
 @dataclass
@@ -243,18 +244,26 @@ class WebDataset(IterableDataset):
             raise ShardError(f"more than max_failures={self.max_failures} failures; the last: {error}",
                              url=error.url, offset=error.offset, key=error.key)
 
-    def _checked(self, p: _Pass, maker: _members.SampleMaker, i: int) -> dict | None:
+    def _built(self, maker: _members.SampleMaker, idx: np.ndarray) -> list[tuple[dict | ShardError, int]]:
+        """Samples idx of one shard built together, each with its member bytes; a
+        ShardError in place of a sample lacking a required member."""
+        samples, nbytes = maker.make_many(idx)
+        out: list = list(zip(samples, nbytes))
         if self.require:
-            have = maker.exts_of(i)
-            missing = [e for e in self.require if e not in have]
-            if missing:
-                key = maker.samples.keys[i]
-                self._fail(p, ShardError(f"sample has no {', '.join(missing)} member", url=maker.url,
-                                         offset=int(maker.samples.header[i]), key=key), samples=1)
-                return None
-        sample = maker(i)
-        p.stats["bytes"] += sum(len(v) for k, v in sample.items() if not k.startswith("__"))
-        return sample
+            for j, (i, sample) in enumerate(zip(idx.tolist(), samples)):
+                missing = [e for e in self.require if e not in sample]
+                if missing:
+                    out[j] = (ShardError(f"sample has no {', '.join(missing)} member", url=maker.url,
+                                         offset=int(maker.samples.header[i]), key=sample["__key__"]), 0)
+        return out
+
+    def _emit(self, p: _Pass, item: dict | ShardError, nbytes: int) -> dict | None:
+        """The sample to yield (None for a bad one, counted or raised as it comes up)."""
+        if isinstance(item, ShardError):
+            self._fail(p, item, samples=1)
+            return None
+        p.stats["bytes"] += nbytes
+        return item
 
     # -- local, indexed shards --------------------------------------------------------------
     def _index(self, shard: int) -> _index.ShardIndex:
@@ -313,18 +322,27 @@ class WebDataset(IterableDataset):
                 raise ValueError(f"rank {plan.rank} worker {plan.worker} has no samples to fill epoch_size")
             mine = partition.fit(mine, plan.quota)
         starts = np.concatenate([[0], np.cumsum(counts)])
-        first_shard = None
-        mine = mine[plan.skip:]  # skipped positions cost nothing here
-        p.consumed = plan.skip
+        for _ in range(plan.skip):
+            yield None  # placeholders the caller counts as already delivered: no reading
+        mine = mine[plan.skip:]
+        if plan.quota is not None:
+            mine = mine[:max(plan.quota - plan.skip, 0)]
         shard_of = np.searchsorted(starts, mine, side="right") - 1
         local = mine - starts[shard_of]
-        for _ in range(plan.skip):
-            yield None  # placeholders the caller counts as already delivered
-        for s, i in zip(shard_of.tolist(), local.tolist()):
-            if s != first_shard:
-                first_shard = s
-                p.stats["shards"] += 1
-            yield self._checked(p, self._maker(s), i)
+        opened: set[int] = set()
+        for c in range(0, len(mine), _CHUNK):  # samples are built a chunk at a time, in order
+            shards, idx = shard_of[c:c + _CHUNK], local[c:c + _CHUNK]
+            groups = [int(shards[0])] if (shards == shards[0]).all() else np.unique(shards).tolist()
+            out: list = [None] * len(idx)
+            for s in groups:
+                sel = np.flatnonzero(shards == s) if len(groups) > 1 else np.arange(len(idx))
+                for j, built in zip(sel.tolist(), self._built(self._maker(s), idx[sel])):
+                    out[j] = built
+                if s not in opened:
+                    opened.add(s)
+                    p.stats["shards"] = len(opened)
+            for item, nbytes in out:
+                yield self._emit(p, item, nbytes)
 
     # -- streamed shards --------------------------------------------------------------------
     def _shard_sequence(self, plan: _Plan) -> Iterator[int]:
@@ -363,11 +381,13 @@ class WebDataset(IterableDataset):
                                for pr in index.samples.problems])
             heads = index.samples.header.tolist()
             e = 0
-            for i, head in enumerate(heads):
-                while e < len(events) and events[e][0] < head:
-                    self._fail(p, events[e][2])
-                    e += 1
-                yield self._checked(p, maker, i)
+            for c in range(0, len(heads), _CHUNK):
+                idx = np.arange(c, min(c + _CHUNK, len(heads)))
+                for i, (item, nbytes) in zip(idx.tolist(), self._built(maker, idx)):
+                    while e < len(events) and events[e][0] < heads[i]:  # damage before this sample
+                        self._fail(p, events[e][2])
+                        e += 1
+                    yield self._emit(p, item, nbytes)
             for ev in events[e:]:
                 self._fail(p, ev[2])
             return
@@ -381,9 +401,8 @@ class WebDataset(IterableDataset):
                 if isinstance(item, int):
                     self._fail(p, ShardError(data, url=url, offset=item))
                     continue
-                maker = _members.SampleMaker(item, data, url)
-                for i in range(len(maker)):
-                    yield self._checked(p, maker, i)
+                for sample, nbytes in self._built(_members.SampleMaker(item, data, url), np.arange(len(item))):
+                    yield self._emit(p, sample, nbytes)
         except OSError as err:
             self._fail(p, ShardError(f"read failed: {err}", url=url))
         finally:

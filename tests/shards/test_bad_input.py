@@ -184,3 +184,15 @@ def test_bad_arguments():
         fastloader.WebDataset("x.tar", rank=2, world_size=2)
     with pytest.raises(ValueError, match="epoch_size"):
         fastloader.WebDataset("x.tar", epoch_size=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_samples_before_an_error_are_delivered_first(tmp_path, mode, request):
+    samples = make_samples(10)
+    del samples[6]["cls"]
+    urls = _urls(write_with_webdataset(tmp_path, samples, per_shard=100), mode, request.node.name)
+    got = []
+    with pytest.raises(fastloader.ShardError, match="no cls member"):
+        for s in fastloader.WebDataset(urls, require=("cls",)):
+            got.append(s["__key__"])
+    assert got == keys(samples[:6])
