@@ -8,6 +8,7 @@ saved state (RNG states, the dataset's own `state_dict`, or a number of batches 
 from __future__ import annotations
 
 import copy
+import ctypes
 import random
 import time
 from dataclasses import dataclass
@@ -48,6 +49,37 @@ def rng_state() -> tuple:
     )
 
 
+SAME_RNG = "same"  # in a batch's state: the RNG states are those of this worker's previous batch
+_MT19937_STATE_BYTES = 624 * 4 + 4  # numpy's mt19937_state: key[624], pos
+
+
+class RngCapture:
+    """`rng_state()` after each batch, cheap when nothing drew: numpy's legacy
+    get_state() alone costs ~90 us, while its raw generator state reads in ~1 us."""
+
+    def __init__(self) -> None:
+        self._np_raw: bytes | None = None
+        self._np_state: tuple | None = None
+        self.last: tuple | None = None
+
+    def _numpy_state(self) -> tuple:
+        bitgen = np.random.mtrand._rand._bit_generator
+        raw = ctypes.string_at(bitgen.ctypes.state_address, _MT19937_STATE_BYTES) + id(bitgen).to_bytes(8, "little")
+        # Unchanged raw state and no cached gaussian: nothing drew (a draw that uses
+        # the cached gaussian leaves the raw state as it was, so that case re-reads).
+        if raw != self._np_raw or self._np_state is None or self._np_state[3]:
+            name, keys, pos, has_gauss, gauss = np.random.get_state()
+            self._np_state, self._np_raw = (name, keys.tobytes(), pos, has_gauss, gauss), raw
+        return self._np_state
+
+    def __call__(self) -> tuple:
+        """The states; the very object returned last time when none changed."""
+        state = (torch.get_rng_state().numpy().tobytes(), random.getstate(), self._numpy_state())
+        if state != self.last:
+            self.last = state
+        return self.last
+
+
 def set_rng_state(state: tuple) -> None:
     torch.set_rng_state(torch.frombuffer(bytearray(state[0]), dtype=torch.uint8))
     random.setstate(state[1])
@@ -85,6 +117,7 @@ class Worker:
         self.fetcher = None
         self.ended = False
         self.init_error: ExceptionWrapper | None = None
+        self.rng_capture = RngCapture()
         where = f"in DataLoader worker {'process' if setup.in_process else 'thread'} {setup.worker_id}"
         self.where = where
         if not setup.in_process and setup.dataset_kind == _DatasetKind.Iterable:
@@ -115,7 +148,9 @@ class Worker:
     def _state_after_batch(self) -> dict:
         state: dict = {}
         if self.setup.in_process:
-            state["rng"] = rng_state()
+            sent = self.rng_capture.last
+            rng = self.rng_capture()
+            state["rng"] = SAME_RNG if rng is sent else rng  # the main process fills it in
         ds = self.setup.dataset
         if self.setup.dataset_kind == _DatasetKind.Iterable and _is_stateful(ds):
             state["dataset"] = ds.state_dict()

@@ -132,6 +132,7 @@ class ProcessPool:
         self._freed: list[list[int]] = [[] for _ in setups]
         self._lock = threading.Lock()
         self.segments = [MainSegments(self._releaser(i)) for i in range(len(setups))]
+        self._last_rng: list = [None] * len(setups)  # RNG states of each worker's last batch
         # Messages not yet written to a worker's socket: until it is forked, or while it
         # is held (forked but given no work, so it does not compete for the CPU).
         self._pending: list[list[tuple] | None] = [[] for _ in setups]
@@ -262,6 +263,11 @@ class ProcessPool:
                     for sid, fd in zip(new_ids, fds):
                         self.segments[i].add(sid, fd)
                     msg = (msg[0], msg[1], self.segments[i].unpack(payload, used), *msg[3:])
+                    state = msg[3]
+                    if isinstance(state.get("rng"), str):  # SAME_RNG: unchanged since its last batch
+                        state["rng"] = self._last_rng[i]
+                    elif "rng" in state:
+                        self._last_rng[i] = state["rng"]
                 return i, msg
 
     def _readable(self, worker_id: int) -> bool:

@@ -116,11 +116,13 @@ class SampleMaker:
     """Builds sample dicts (`__key__`, `__url__`, each member's bytes under its
     extension) from grouped samples and the buffer their offsets index."""
 
-    def __init__(self, samples: Samples, data, url: str):
+    def __init__(self, samples: Samples, data, url: str, views: bool = False):
         self.samples = samples
         self.url = url
-        self.data = data
-        self.copy = not isinstance(data, (bytes, mmap.mmap))  # their slices are bytes already
+        # views: memoryview slices of data (no copy); else bytes (an mmap's or a bytes'
+        # slices are bytes already; a memoryview's are copied)
+        self.data = memoryview(data) if views and not isinstance(data, memoryview) else data
+        self.copy = not views and not isinstance(data, (bytes, mmap.mmap))
         self.ext = [samples.exts[e] for e in range(len(samples.exts))]
         self.end = samples.offset + samples.size
 

@@ -1,6 +1,7 @@
 """`WebDataset`: samples of sharded tar files, split over ranks and workers, resumable."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -89,6 +90,10 @@ class WebDataset(IterableDataset):
             cache dir when that is read-only), a directory, or False for no cache.
         allow_pipe: allow `pipe:` URLs (they run a shell command).
         max_member_size: a tar header declaring more data than this is damage.
+        chunk_size: read size of streamed (non-local) shards.
+        views: yield memoryview slices of the shard (its mmap, or the streamed buffer)
+            instead of bytes: no copy. Decode them where they are read (in the worker);
+            they cannot be pickled to the main process.
     """
 
     def __init__(
@@ -110,6 +115,7 @@ class WebDataset(IterableDataset):
         allow_pipe: bool = False,
         max_member_size: int = _tar.DEFAULT_MAX_MEMBER_SIZE,
         chunk_size: int = 4 << 20,
+        views: bool = False,
     ) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
@@ -146,9 +152,12 @@ class WebDataset(IterableDataset):
         self.allow_pipe = allow_pipe
         self.max_member_size = max_member_size
         self.chunk_size = chunk_size
+        self.views = views
         # local, not resampled: every shard indexed, global sample order and elastic resume
         self.indexed = not resampled and all(local_path(u) is not None for u in self.urls)
-        self.epoch = 0
+        # Shared with worker processes forked or spawned from here, so that set_epoch
+        # reaches persistent workers too (a plain int would stay behind in their copy).
+        self._epoch = multiprocessing.RawValue("q", 0)
         self._restore: dict | None = None
         self._pass: _Pass | None = None
         self._indexes: dict[int, _index.ShardIndex] = {}
@@ -156,8 +165,13 @@ class WebDataset(IterableDataset):
 
     # -- epochs, topology ---------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Use the order of this epoch on the next iteration (like DistributedSampler)."""
-        self.epoch = int(epoch)
+        """Use the order of this epoch on the next iteration (like DistributedSampler);
+        also reaches the loader's persistent workers."""
+        self._epoch.value = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
 
     def _topology(self) -> tuple[int, int, int, int]:
         if self.rank is not None:
@@ -170,10 +184,22 @@ class WebDataset(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         return rank, world, worker, workers
 
+    def __copy__(self) -> WebDataset:  # a thread worker's copy: the epoch stays shared
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__, _open=OrderedDict(), _pass=None)
+        return new
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["_epoch"], int):
+            state["_epoch"] = multiprocessing.RawValue("q", state["_epoch"])
+        self.__dict__.update(state)
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_open"] = OrderedDict()  # mmaps stay in the process that opened them
         state["_pass"] = None
+        if multiprocessing.context.get_spawning_popen() is None:  # a copy, not a new worker
+            state["_epoch"] = self.epoch
         if self.rank is None and state["_found_topology"] is None:  # pickled for a spawned worker
             state["_found_topology"] = _process_topology()
         return state
@@ -226,12 +252,9 @@ class WebDataset(IterableDataset):
                     f"another world_size or num_workers needs every rank's state merged "
                     "(DataLoader.state_dict() gathers them under torch.distributed; else use "
                     "WebDataset.merge_worker_states)")
-        if self.epoch_size is not None:
-            if self.indexed or not plan.layers:
-                done = sum(sum(counts) for _, counts in plan.layers)
-                plan.quota = partition.quota(max(self.epoch_size - done, 0), world, rank, workers, worker)
-            if not self.indexed:
-                plan.quota = partition.quota(self.epoch_size, world, rank, workers, worker)
+        if self.epoch_size is not None:  # what earlier runs of this epoch took counts against it
+            done = sum(sum(counts) for _, counts in plan.layers)
+            plan.quota = partition.quota(max(self.epoch_size - done, 0), world, rank, workers, worker)
         return plan
 
     def _fail(self, p: _Pass, error: ShardError, samples: int = 0) -> None:
@@ -280,7 +303,8 @@ class WebDataset(IterableDataset):
             if len(self._open) >= MAX_OPEN_SHARDS:
                 self._open.popitem(last=False)
             url = self.urls[shard]
-            maker = _members.SampleMaker(self._index(shard).samples, _index.open_mmap(local_path(url)), url)
+            maker = _members.SampleMaker(self._index(shard).samples, _index.open_mmap(local_path(url)), url,
+                                         self.views)
             self._open[shard] = maker
         else:
             self._open.move_to_end(shard)
@@ -401,7 +425,8 @@ class WebDataset(IterableDataset):
                 if isinstance(item, int):
                     self._fail(p, ShardError(data, url=url, offset=item))
                     continue
-                for sample, nbytes in self._built(_members.SampleMaker(item, data, url), np.arange(len(item))):
+                for sample, nbytes in self._built(_members.SampleMaker(item, data, url, self.views),
+                                                  np.arange(len(item))):
                     yield self._emit(p, sample, nbytes)
         except OSError as err:
             self._fail(p, ShardError(f"read failed: {err}", url=url))
@@ -453,8 +478,7 @@ class WebDataset(IterableDataset):
         if state["mode"] != mode or state["seed"] != self.seed:
             raise ValueError(f"this state was saved by a different WebDataset ({state['mode']}, seed "
                              f"{state['seed']}; this one is {mode}, seed {self.seed})")
-        self.epoch = state["epoch"]
-        self._restore = state
+        self._restore = state  # its epoch is that of the resumed pass only
         self._pass = None
 
     @staticmethod

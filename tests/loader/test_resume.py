@@ -196,3 +196,21 @@ def test_state_is_the_latest_iterators_even_when_an_older_one_goes_last():
     del newer
     del older
     assert loader.state_dict()["yielded_prefix"] == 2
+
+
+class SometimesRandom(torch.utils.data.Dataset):
+    """Draws from the worker's RNGs only for some samples: a batch after one that drew
+    may draw nothing (its RNG states are then sent as "unchanged")."""
+
+    def __len__(self):
+        return 48
+
+    def __getitem__(self, i):
+        if i % 12 < 4:
+            return torch.rand(2), float(np.random.rand()), random.random(), float(np.random.randn())
+        return torch.zeros(2), 0.0, 0.0, 0.0
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 5, 8])
+def test_worker_rng_resumes_after_batches_that_drew_nothing(cut):
+    check_resume(SometimesRandom, cut, batch_size=4, num_workers=2, persistent_workers=True, epochs=2)

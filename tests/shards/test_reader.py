@@ -132,3 +132,43 @@ def test_thread_workers_split_the_stream_too(ref_shards):
                                    worker_type="thread", collate_fn=_collate_keys)
     got = [k for batch in loader for k in batch]
     assert sorted(got) == sorted(keys(samples))
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_views_hand_out_the_shard_bytes_without_copies(ref_shards, streamed):
+    _, paths = ref_shards
+    urls = paths
+    if streamed:
+        fs = fsspec.filesystem("memory")
+        for i, p in enumerate(paths):
+            with open(p, "rb") as f:
+                fs.pipe(f"/views/{i}.tar", f.read())
+        urls = [f"memory://views/{i}.tar" for i in range(len(paths))]
+    got = list(fastloader.WebDataset(urls, shard_shuffle=False, views=True))
+    want = read_with_webdataset(paths)
+    assert all(type(s["bin"]) is memoryview for s in got)
+    assert [{k: bytes(v) for k, v in s.items() if not k.startswith("__")} for s in got] == \
+        [{k: v for k, v in s.items() if not k.startswith("__")} for s in want]
+
+
+def test_image_shards_feed_the_pipeline_from_views(tmp_path, photos):
+    from PIL import Image
+
+    from _images import encode_jpeg
+    from fastloader.vision import CenterCrop, ImagePipeline, Resize, ToDtype
+
+    jpegs = [encode_jpeg(Image.fromarray(photos[k]).convert("RGB"), quality=90) for k in sorted(photos)][:8]
+    with fastloader.ShardWriter(str(tmp_path / "img-%02d.tar"), maxcount=3) as w:
+        for i, data in enumerate(jpegs):
+            w.write({"__key__": f"{i:04d}", "jpg": data, "cls": i})
+    pipe = ImagePipeline([Resize(40), CenterCrop(32), ToDtype(torch.float32, scale=True)], num_threads=1)
+
+    def collate(samples):  # decoded in the worker, straight from the mapped shard
+        return pipe([s["jpg"] for s in samples]), torch.tensor([int(bytes(s["cls"])) for s in samples])
+
+    ds = fastloader.WebDataset(w.shards, shard_shuffle=False, views=True)
+    batches = list(fastloader.DataLoader(ds, batch_size=4, num_workers=2, worker_type="thread", collate_fn=collate))
+    images = torch.cat([b[0] for b in batches])
+    labels = torch.cat([b[1] for b in batches])
+    order = labels.argsort()
+    assert torch.equal(images[order], pipe(jpegs)) and labels[order].tolist() == list(range(8))

@@ -189,3 +189,28 @@ def test_a_partial_state_cannot_resume_another_topology(shards):
     other.load_state_dict(state)
     with pytest.raises(ValueError, match="every rank's state merged"):
         list(other)
+
+
+@pytest.mark.parametrize("worker_type", ["process", "thread"])
+@pytest.mark.parametrize("loader_cls", ["fastloader", "torch"])
+def test_set_epoch_reaches_persistent_workers(shards, worker_type, loader_cls):
+    import torch
+
+    if loader_cls == "torch" and worker_type == "thread":
+        pytest.skip("torch has no thread workers")
+    _, urls = shards
+    ds = fastloader.WebDataset(urls["indexed"], shuffle=True, seed=8)
+    kwargs = dict(batch_size=8, num_workers=2, persistent_workers=True, collate_fn=_keys_of)
+    if loader_cls == "fastloader":
+        loader = fastloader.DataLoader(ds, worker_type=worker_type, **kwargs)
+    else:
+        loader = torch.utils.data.DataLoader(ds, **kwargs)
+    orders = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        orders.append([k for b in loader for k in b])
+    fresh = []
+    for epoch in range(3):  # non-persistent workers copy the dataset each epoch
+        ds.set_epoch(epoch)
+        fresh.append([k for b in _loader(ds, 2) for k in b])
+    assert orders == fresh and orders[0] != orders[1] != orders[2]
