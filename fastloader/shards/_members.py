@@ -129,14 +129,6 @@ class SampleMaker:
     def __len__(self) -> int:
         return len(self.samples.keys)
 
-    def exts_of(self, i: int) -> list[str]:
-        s = self.samples
-        return [self.ext[e] for e in s.member_ext[s.first[i]:s.first[i + 1]].tolist()]
-
-    def nbytes(self, i: int) -> int:
-        s = self.samples
-        return int(s.size[s.first[i]:s.first[i + 1]].sum())
-
     def __call__(self, i: int) -> dict:
         return self.make_many(np.asarray([i]))[0][0]
 

@@ -341,16 +341,12 @@ class WebDataset(IterableDataset):
         counts = self._load_indexes(p)
         order = partition.remaining(self._epoch_order(counts, plan.epoch), plan.layers)
         mine = order[plan.k::plan.parts]
-        if plan.quota is not None and plan.quota > len(mine):
-            if len(mine) == 0:
-                raise ValueError(f"rank {plan.rank} worker {plan.worker} has no samples to fill epoch_size")
+        if plan.quota is not None:
             mine = partition.fit(mine, plan.quota)
         starts = np.concatenate([[0], np.cumsum(counts)])
         for _ in range(plan.skip):
             yield None  # placeholders the caller counts as already delivered: no reading
         mine = mine[plan.skip:]
-        if plan.quota is not None:
-            mine = mine[:max(plan.quota - plan.skip, 0)]
         shard_of = np.searchsorted(starts, mine, side="right") - 1
         local = mine - starts[shard_of]
         opened: set[int] = set()

@@ -40,10 +40,10 @@ def quota(total: int, world_size: int, rank: int, num_workers: int, worker: int)
     return share(-(-total // world_size), num_workers, worker)
 
 
-def fit(items: np.ndarray, n: int | None) -> np.ndarray:
+def fit(items: np.ndarray, n: int) -> np.ndarray:
     """Exactly n items: cut, or repeated from the start (the DistributedSampler padding)."""
-    if n is None or len(items) == n:
+    if len(items) == n:
         return items
     if len(items) == 0:
-        raise ValueError("cannot fill a quota from an empty partition")
+        raise ValueError(f"no samples to fill a share of {n} (epoch_size): fewer samples than ranks x workers")
     return np.resize(items, n)

@@ -126,3 +126,16 @@ def test_inspect_reports_counts_and_damage(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert [r["samples"] for r in report][0::2] == [10, 10] and report[1]["samples"] < 10
     assert report[1]["damage"][0][1].startswith("truncated") and report[0]["keys"]["unique"] == 10
+
+
+def test_shard_benchmark_reads_the_same_samples_with_both(tmp_path, monkeypatch, capsys):
+    from fastloader.bench import shards as bench
+
+    monkeypatch.setenv("FASTLOADER_CACHE", str(tmp_path))
+    monkeypatch.setenv("FASTLOADER_BENCH_SCALE", "0.005")  # 500 small samples
+    rows = bench.run(repeats=1, sets=("small",), workers=(1,))
+    out = capsys.readouterr().out
+    assert "wds samples/s" in out and "fl samples/s" in out
+    assert [r["num_workers"] for r in rows] == [0, 1]
+    for r in rows:  # run() checks both read the same number of samples
+        assert r["webdataset"]["samples"] == r["fastloader"]["samples"] == 500 and r["ratio"] > 0
