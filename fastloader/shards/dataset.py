@@ -396,20 +396,20 @@ class WebDataset(IterableDataset):
             except OSError as e:
                 self._fail(p, ShardError(f"cannot read shard: {e.strerror or e}", url=url))
                 return
-            events = sorted([(o, 1, ShardError(r, url=url, offset=o)) for o, r in index.damage]
-                            + [(pr.offset, 1, ShardError(pr.reason, url=url, offset=pr.offset, key=pr.key))
-                               for pr in index.samples.problems])
+            events = sorted([(o, ShardError(r, url=url, offset=o)) for o, r in index.damage]
+                            + [(pr.offset, ShardError(pr.reason, url=url, offset=pr.offset, key=pr.key))
+                               for pr in index.samples.problems], key=lambda ev: ev[0])
             heads = index.samples.header.tolist()
             e = 0
             for c in range(0, len(heads), _CHUNK):
                 idx = np.arange(c, min(c + _CHUNK, len(heads)))
                 for i, (item, nbytes) in zip(idx.tolist(), self._built(maker, idx)):
                     while e < len(events) and events[e][0] < heads[i]:  # damage before this sample
-                        self._fail(p, events[e][2])
+                        self._fail(p, events[e][1])
                         e += 1
                     yield self._emit(p, item, nbytes)
-            for ev in events[e:]:
-                self._fail(p, ev[2])
+            for _, error in events[e:]:
+                self._fail(p, error)
             return
         try:
             stream = open_stream(url, self.allow_pipe)

@@ -196,3 +196,15 @@ def test_samples_before_an_error_are_delivered_first(tmp_path, mode, request):
         for s in fastloader.WebDataset(urls, require=("cls",)):
             got.append(s["__key__"])
     assert got == keys(samples[:6])
+
+
+def test_resampled_local_shards_skip_the_damaged_part(shard_set):
+    samples, paths = shard_set
+    with open(paths[1], "r+b") as f:
+        f.truncate(_member_headers(paths[1])["s000030.bin"] + 700)
+    ds = fastloader.WebDataset(paths, resampled=True, epoch_size=200, on_error="skip", seed=1)
+    got = keys(list(ds))
+    assert len(got) == 200 and set(got) <= set(keys(samples[:30] + samples[40:]))
+    assert ds.stats()["failures"] >= 1
+    with pytest.raises(fastloader.ShardError, match="truncated"):
+        list(fastloader.WebDataset(paths, resampled=True, epoch_size=200, seed=1))
