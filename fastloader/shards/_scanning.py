@@ -10,6 +10,17 @@ import numpy as np
 from . import _members, _tar
 
 BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+@dataclass
+class Damage:
+    """Something in a shard that could not be delivered, at an archive offset."""
+
+    offset: int
+    reason: str
+    key: str | None = None   # the sample, when known
+    lost_samples: int = 0    # whole samples left out because of it
 
 
 def _fatal(reason: str) -> bool:
@@ -18,7 +29,10 @@ def _fatal(reason: str) -> bool:
 
 
 def _is_header(view, at: int, max_member_size: int) -> bool:
-    return _tar.scan(view[at:at + BLOCK], at, False, max_member_size).error == ""
+    block = view[at:at + BLOCK]
+    # A zero block reads as the end of the archive; inside a damaged member's data it is
+    # just data (the real end is reached at the end of the file).
+    return block != _ZERO_BLOCK and _tar.scan(block, at, False, max_member_size).error == ""
 
 
 @dataclass
@@ -40,9 +54,19 @@ class Scanned:
         self.offset.append(scan.offset)
         self.size.append(scan.size)
 
-    def group(self) -> _members.Samples:
+    def extend(self, other: Scanned) -> None:
+        self.names += other.names
+        self.header += other.header
+        self.offset += other.offset
+        self.size += other.size
+        self.damage += other.damage
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64))
-        return _members.group(self.names, cat(self.header), cat(self.offset), cat(self.size))
+        return cat(self.header), cat(self.offset), cat(self.size)
+
+    def group(self) -> _members.Samples:
+        return _members.group(self.names, *self.arrays())
 
 
 def scan_buffer(data, base: int, final: bool, max_member_size: int, resyncing: bool = False) -> Scanned:
@@ -75,51 +99,97 @@ def scan_buffer(data, base: int, final: bool, max_member_size: int, resyncing: b
         resyncing = True
 
 
+def _events(samples: _members.Samples, emit: int, damage: list[tuple[int, str]], upto: float
+            ) -> Iterator[tuple[int, int] | Damage]:
+    """In archive order: runs (a, b) of samples to deliver, and damage, up to offset `upto`."""
+    items = [(off, Damage(off, reason)) for off, reason in damage if off < upto]
+    items += [(p.offset, Damage(p.offset, p.reason, p.key, 1)) for p in samples.problems if p.offset < upto]
+    items.sort(key=lambda it: it[0])
+    heads = samples.header[:emit]
+    start = 0
+    for off, d in items:
+        cut = int(np.searchsorted(heads, off))
+        if cut > start:
+            yield start, cut
+            start = cut
+        yield d
+    if emit > start:
+        yield start, emit
+
+
 def stream_samples(url: str, chunks: Iterator[memoryview], max_member_size: int
-                   ) -> Iterator[tuple[_members.Samples, object] | tuple[int, str]]:
+                   ) -> Iterator[tuple[_members.Samples, memoryview] | Damage]:
     """Scans a shard as it streams in. Yields (samples, buffer) with offsets into buffer,
-    or (offset, reason) for damage, in archive order. A sample is only yielded once the
-    next one has begun (or the archive ended), so it is never cut by a chunk boundary."""
-    pending = bytearray()
-    base = 0  # archive offset of pending[0]
+    and Damage, in archive order. A sample is only yielded once the next one has begun (or
+    the archive ended), so a chunk boundary never cuts it."""
+    pending = bytearray()  # archive bytes [base, base + len(pending)); replaced, never resized
+    base = 0
+    scan_from = 0          # archive offset where scanning goes on
     resyncing = False
+    kept = Scanned()       # members (and damage) scanned but not yet delivered
+    incoming: list = []
+    waiting = 0            # bytes to gather before scanning again (grows when a scan stalls)
     chunks = iter(chunks)
-    done = False
-    while not done:
+    while True:
         chunk = next(chunks, None)
         final = chunk is None
-        if chunk is not None:
-            pending += chunk
-        scanned = scan_buffer(pending, base, final, max_member_size, resyncing)
-        resyncing = scanned.resyncing
-        samples = scanned.group()
-        n = len(samples)
-        hold = 0 if (final or scanned.at_end or scanned.damage) else min(n, 1)
-        emit = n - hold
-        damage = list(scanned.damage)
-        if emit:
-            data = memoryview(pending).toreadonly()  # pending is replaced, never resized, below
-            # damage is reported in order: samples before each damage point first
-            cut = 0
-            for off, reason in damage:
-                upto = int(np.searchsorted(samples.header[:emit], off))
-                if upto > cut:
-                    yield _slice(samples, cut, upto, base), data
-                cut = max(cut, upto)
-                yield (off, reason)
-            if emit > cut:
-                yield _slice(samples, cut, emit, base), data
-        else:
-            for d in damage:
-                yield d
-        for p in samples.problems:
-            yield (p.offset, f"{p.reason} (key {p.key!r})")
-        if scanned.at_end:
+        if not final:
+            incoming.append(chunk)
+            if sum(len(c) for c in incoming) < waiting:
+                continue
+        # A new buffer of what is still needed plus what came in (views handed out over
+        # the old one stay valid).
+        kept_headers = kept.arrays()[0]
+        keep_from = int(kept_headers[0]) if len(kept_headers) else scan_from
+        keep = memoryview(pending)[keep_from - base:]
+        fresh = bytearray(len(keep) + sum(len(c) for c in incoming))
+        fresh[:len(keep)] = keep
+        at = len(keep)
+        for c in incoming:
+            fresh[at:at + len(c)] = c
+            at += len(c)
+        base += len(pending) - len(keep)
+        pending, incoming = fresh, []
+        scanned = scan_buffer(memoryview(pending)[scan_from - base:], scan_from, final, max_member_size, resyncing)
+        stalled = scanned.consumed == scan_from and not scanned.names and not scanned.damage
+        scan_from, resyncing = scanned.consumed, scanned.resyncing
+        kept.extend(scanned)
+        samples = kept.group()
+        done = final or scanned.at_end
+        # The last group of members may go on in the next chunk: it, and damage after its
+        # start, wait for the next round.
+        upto = float("inf") if done else _last_group_start(kept, scan_from)
+        emit = int(np.searchsorted(samples.header, upto))
+        data = memoryview(pending).toreadonly()
+        for event in _events(samples, emit, kept.damage, upto):
+            if isinstance(event, Damage):
+                yield event
+            else:
+                yield _slice(samples, *event, base), data
+        if done:
             return
-        keep_from = int(samples.header[emit]) if hold else scanned.consumed
-        pending = bytearray(memoryview(pending)[keep_from - base:])
-        base = keep_from
-        done = final
+        # keep the members (and damage) from `upto` on
+        header, offset, size = kept.arrays()
+        stay = header >= upto
+        kept = Scanned(names=[n for n, s in zip(kept.names, stay.tolist()) if s], header=[header[stay]],
+                       offset=[offset[stay]], size=[size[stay]], damage=[d for d in kept.damage if d[0] >= upto])
+        # a scan that found nothing waits for as many bytes again as it holds: linear, not
+        # quadratic, copying for members much larger than a chunk
+        waiting = len(pending) if stalled else 0
+
+
+def _last_group_start(kept: Scanned, default: int) -> int:
+    """Archive offset of the first member of the last key among kept members."""
+    header = kept.arrays()[0]
+    last, start = None, default
+    for i in range(len(kept.names) - 1, -1, -1):
+        key, _ = _members.split_name(kept.names[i])
+        if key is None:
+            continue  # skipped names do not end a group
+        if last is not None and key != last:
+            break
+        last, start = key, int(header[i])
+    return start
 
 
 def _slice(s: _members.Samples, a: int, b: int, base: int) -> _members.Samples:

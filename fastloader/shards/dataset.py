@@ -396,8 +396,8 @@ class WebDataset(IterableDataset):
             except OSError as e:
                 self._fail(p, ShardError(f"cannot read shard: {e.strerror or e}", url=url))
                 return
-            events = sorted([(o, ShardError(r, url=url, offset=o)) for o, r in index.damage]
-                            + [(pr.offset, ShardError(pr.reason, url=url, offset=pr.offset, key=pr.key))
+            events = sorted([(o, ShardError(r, url=url, offset=o), 0) for o, r in index.damage]
+                            + [(pr.offset, ShardError(pr.reason, url=url, offset=pr.offset, key=pr.key), 1)
                                for pr in index.samples.problems], key=lambda ev: ev[0])
             heads = index.samples.header.tolist()
             e = 0
@@ -405,11 +405,11 @@ class WebDataset(IterableDataset):
                 idx = np.arange(c, min(c + _CHUNK, len(heads)))
                 for i, (item, nbytes) in zip(idx.tolist(), self._built(maker, idx)):
                     while e < len(events) and events[e][0] < heads[i]:  # damage before this sample
-                        self._fail(p, events[e][1])
+                        self._fail(p, events[e][1], samples=events[e][2])
                         e += 1
                     yield self._emit(p, item, nbytes)
-            for _, error in events[e:]:
-                self._fail(p, error)
+            for _, error, lost in events[e:]:
+                self._fail(p, error, samples=lost)
             return
         try:
             stream = open_stream(url, self.allow_pipe)
@@ -417,10 +417,12 @@ class WebDataset(IterableDataset):
             self._fail(p, err)
             return
         try:
-            for item, data in _scanning.stream_samples(url, read_chunks(stream, self.chunk_size), self.max_member_size):
-                if isinstance(item, int):
-                    self._fail(p, ShardError(data, url=url, offset=item))
+            for event in _scanning.stream_samples(url, read_chunks(stream, self.chunk_size), self.max_member_size):
+                if isinstance(event, _scanning.Damage):
+                    self._fail(p, ShardError(event.reason, url=url, offset=event.offset, key=event.key),
+                               samples=event.lost_samples)
                     continue
+                item, data = event
                 for sample, nbytes in self._built(_members.SampleMaker(item, data, url, self.views),
                                                   np.arange(len(item))):
                     yield self._emit(p, sample, nbytes)

@@ -26,11 +26,11 @@ def inspect_shard(url: str, max_member_size: int = _tar.DEFAULT_MAX_MEMBER_SIZE)
         else:
             stream = open_stream(url)
             try:
-                for item, data in _scanning.stream_samples(url, read_chunks(stream, 4 << 20), max_member_size):
-                    if isinstance(item, int):
-                        damage.append((item, data))
+                for event in _scanning.stream_samples(url, read_chunks(stream, 4 << 20), max_member_size):
+                    if isinstance(event, _scanning.Damage):
+                        damage.append((event.offset, event.reason + (f" (key {event.key!r})" if event.key else "")))
                     else:
-                        found.append(item)
+                        found.append(event[0])
             finally:
                 stream.close()
             file_size = None

@@ -85,8 +85,9 @@ def test_streamed_scan_in_any_chunking_finds_the_same_samples(fmt):
     for chunk in (512, 700, 4096, len(blob)):
         chunks = (memoryview(blob)[i:i + chunk] for i in range(0, len(blob), chunk))
         got = []
-        for item, data in _scanning.stream_samples("u", chunks, MAX):
-            assert not isinstance(item, int), data
+        for event in _scanning.stream_samples("u", chunks, MAX):
+            assert not isinstance(event, _scanning.Damage), event
+            item, data = event
             for i in range(len(item)):
                 a, b = item.first[i], item.first[i + 1]
                 got.append((item.keys[i], [bytes(data[o:o + s]) for o, s in zip(item.offset[a:b], item.size[a:b])]))
@@ -118,3 +119,67 @@ def test_non_tar_and_truncation_and_checksum_errors_carry_offsets():
     scan = _tar.scan(bytes(bad))
     assert scan.error == "bad tar header checksum" and scan.error_offset == 1536 and scan.names == ["a.bin"]
     assert _tar.scan(b"").error == "" and _tar.scan(b"").names == []
+
+
+def _stream_events(parts: list[bytes]) -> list:
+    """Samples (key, [(ext, bytes)]) and damage ("damage", offset, key) of a streamed tar."""
+    out = []
+    for event in _scanning.stream_samples("u", iter([memoryview(p) for p in parts]), MAX):
+        if isinstance(event, _scanning.Damage):
+            out.append(("damage", event.offset, event.key))
+            continue
+        s, data = event
+        for i in range(len(s)):
+            a, b = s.first[i], s.first[i + 1]
+            out.append((s.keys[i], [(s.exts[e], bytes(data[o:o + z])) for e, o, z in
+                                    zip(s.member_ext[a:b], s.offset[a:b], s.size[a:b])]))
+    return out
+
+
+def _whole_events(blob: bytes) -> list:
+    scanned = _scanning.scan_buffer(blob, 0, True, MAX)
+    s = scanned.group()
+    events = [(int(s.header[i]), (s.keys[i], [(s.exts[e], blob[o:o + z]) for e, o, z in
+                                              zip(s.member_ext[s.first[i]:s.first[i + 1]],
+                                                  s.offset[s.first[i]:s.first[i + 1]], s.size[s.first[i]:s.first[i + 1]])]))
+              for i in range(len(s))]
+    events += [(off, ("damage", off, None)) for off, _ in scanned.damage]
+    events += [(p.offset, ("damage", p.offset, p.key)) for p in s.problems]
+    return [e for _, e in sorted(events, key=lambda x: x[0])]
+
+
+def _damaged(members, corrupt: list[str]) -> bytes:
+    blob = bytearray(_tar_bytes(members, tarfile.USTAR_FORMAT))
+    with tarfile.open(fileobj=io.BytesIO(bytes(blob))) as tf:
+        where = {m.name: m.offset for m in tf.getmembers()}
+    for name in corrupt:
+        blob[where[name] + 148] ^= 0x55  # its checksum field
+    return bytes(blob)
+
+
+DAMAGED_CASES = {
+    # a zero block inside a damaged member's data is data, not the end of the archive
+    "zero block in damaged data": ([("a.jpg", b"A" * 100), ("b.npy", b"\x01" * 512 + b"\0" * 1024 + b"\x02" * 10),
+                                    ("c.jpg", b"C"), ("d.jpg", b"D")], ["b.npy"]),
+    "damage then samples across chunks": ([("a.jpg", b"A" * 100), ("a.cls", b"1"), ("b.jpg", b"B" * 100),
+                                           ("b.cls", b"2"), ("c.jpg", b"C" * 100), ("c.cls", b"3" * 600),
+                                           ("d.jpg", b"D")], ["b.jpg"]),
+    "duplicate member": ([("a.jpg", b"A"), ("b.jpg", b"B" * 700), ("b.jpg", b"b" * 700), ("b.cls", b"2" * 900),
+                          ("c.jpg", b"C")], []),
+    "large member": ([("a.bin", bytes(range(256)) * 4000), ("a.cls", b"1"), ("b.bin", b"x" * 5000)], []),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_CASES))
+def test_streamed_scan_equals_whole_scan_on_damaged_tars(case):
+    members, corrupt = DAMAGED_CASES[case]
+    blob = _damaged(members, corrupt)
+    want = _whole_events(blob)
+    keys = [e[0] for e in want if e[0] != "damage"]
+    assert len(keys) == len(set(keys))  # no sample split in two
+    if case == "zero block in damaged data":
+        assert keys == ["a", "c", "d"]
+    for chunk in (512, 600, 700, 1024, 1536, 2500, 3100, 4096, len(blob)):
+        assert _stream_events([blob[i:i + chunk] for i in range(0, len(blob), chunk)]) == want, chunk
+    for cut in range(100, min(len(blob), 20_000), 100):  # two chunks, cut anywhere
+        assert _stream_events([blob[:cut], blob[cut:]]) == want, cut
