@@ -178,7 +178,8 @@ torch::Tensor sample_resized_crops(torch::Tensor sizes, double scale_lo, double 
 // (names, int64 (N, 3) header/data offset/size, consumed, at_end, error, error_offset)
 py::tuple scan_tar(py::buffer data, uint64_t base, bool final, uint64_t max_member_size) {
   py::buffer_info input = data.request();
-  if (input.ndim != 1 || input.itemsize != 1) throw py::value_error("tar data must be a 1-D byte buffer");
+  if (input.ndim != 1 || input.itemsize != 1 || (input.size > 1 && input.strides[0] != 1))
+    throw py::value_error("tar data must be a contiguous 1-D byte buffer");
   fl::TarScan scan;
   {
     py::gil_scoped_release no_gil;

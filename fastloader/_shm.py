@@ -225,7 +225,7 @@ class _ArenaPickler(pickle.Pickler):
         self.arena = arena
 
     def reducer_override(self, obj):
-        if type(obj) is not torch.Tensor or not _is_plain_cpu_tensor(obj):
+        if not _is_plain_cpu_tensor(obj):
             return NotImplemented
         seg = self.arena._find(obj)
         if seg is None:

@@ -147,13 +147,13 @@ class Worker:
 
     def _state_after_batch(self) -> dict:
         state: dict = {}
-        if self.setup.in_process:
-            sent = self.rng_capture.last
-            rng = self.rng_capture()
-            state["rng"] = SAME_RNG if rng is sent else rng  # the main process fills it in
         ds = self.setup.dataset
         if self.setup.dataset_kind == _DatasetKind.Iterable and _is_stateful(ds):
             state["dataset"] = ds.state_dict()
+        if self.setup.in_process:  # last: once captured, the state is sent
+            sent = self.rng_capture.last
+            rng = self.rng_capture()
+            state["rng"] = SAME_RNG if rng is sent else rng  # the main process fills it in
         return state
 
     def start_epoch(self, restore: dict | None) -> None:
@@ -208,8 +208,8 @@ class Worker:
             return ("error", task_id, ExceptionWrapper(where=self.where))
         fetch_s = time.perf_counter() - start
         try:
-            state = self._state_after_batch()
             payload = self.pack(data)
+            state = self._state_after_batch()  # after the pack: a failed batch sends no state
         except Exception:
             self.abandon()
             return ("error", task_id, ExceptionWrapper(where=self.where))

@@ -13,12 +13,11 @@ from typing import Any
 
 import torch
 import torch.utils.data as tud
+from torch.utils.data.dataloader import _DatasetKind
 from torch.utils.data.datapipes.datapipe import IterDataPipe, MapDataPipe
 
 from . import _collate_hook, _worker_info
 from ._device import DevicePrefetcher
-from torch.utils.data.dataloader import _DatasetKind
-
 from ._iteration import LoaderIterator, _checked_restore
 
 _collate_hook.install()

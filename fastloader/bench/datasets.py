@@ -3,11 +3,12 @@ scikit-learn bundle (no download), cached on disk after the first build."""
 from __future__ import annotations
 
 import io
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from .._cache import cache_root
 
 # Colour photographs shipped inside the scikit-image / scikit-learn wheels.
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina",
@@ -16,8 +17,7 @@ SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("FASTLOADER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastloader")
-    return Path(root)
+    return Path(cache_root())
 
 
 def _progress(items: list, desc: str):

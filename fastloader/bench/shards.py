@@ -26,14 +26,15 @@ import warnings
 import numpy as np
 import torch
 
+from .._cache import cache_root
+
 SETS = {"small": (100_000, 1_000), "large": (12_000, 100_000)}
 SHARDS_PER_SET = 12
 BATCH = 64
 
 
 def shard_dir() -> str:
-    root = os.environ.get("FASTLOADER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastloader")
-    return os.path.join(root, "bench-shards")
+    return os.path.join(cache_root(), "bench-shards")
 
 
 def ensure_shards(name: str) -> list[str]:

@@ -13,19 +13,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 _META = re.compile(r"__[^/]*__($|/)")
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 
 
 def split_name(name: str) -> tuple[str | None, str | None]:
     """("dir/abc", "seg.png") for "dir/abc.seg.PNG"'s key and extension; (None, None) to skip."""
-    slash = name.rfind("/") + 1
-    dot = name.find(".", slash)
-    if dot <= slash:  # no extension, or a hidden file
-        return None, None
-    if "/" not in name and name.startswith("__") and name.endswith("__"):
-        return None, None
     if _META.match(name):
         return None, None
-    return name[:dot], name[dot + 1:].lower()
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot > slash:  # the usual case, what webdataset's pattern gives too
+        return name[:dot], name[dot + 1:].lower()
+    m = _KEY_EXT.match(name)  # e.g. "dir/.x.jpg": key "dir/", as webdataset splits it
+    return (m.group(1), m.group(2).lower()) if m else (None, None)
 
 
 @dataclass
@@ -37,11 +37,40 @@ class Problem:
     reason: str
 
 
+class KeyTable:
+    """Sample keys as one UTF-8 blob and end offsets: a few bytes per key, not a Python
+    str each (every worker holds the index of every local shard)."""
+
+    def __init__(self, blob: bytes, ends: np.ndarray):
+        self.blob = blob
+        self.ends = ends
+
+    @classmethod
+    def from_list(cls, keys: list[str]) -> KeyTable:
+        raw = [k.encode("utf-8", "surrogateescape") for k in keys]
+        return cls(b"".join(raw), np.cumsum([len(k) for k in raw], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def take(self, idx: list[int]) -> list[str]:
+        blob, ends = self.blob, self.ends
+        i = np.asarray(idx, dtype=np.int64)
+        starts = np.where(i > 0, ends[i - 1], 0)
+        return [blob[a:b].decode("utf-8", "surrogateescape") for a, b in zip(starts.tolist(), ends[i].tolist())]
+
+    def __getitem__(self, i: int) -> str:
+        return self.take([i])[0]
+
+    def __iter__(self):
+        return iter(self.take(list(range(len(self)))))
+
+
 @dataclass
 class Samples:
     """Members grouped into samples: sample i has members first[i]..first[i+1]."""
 
-    keys: list[str]
+    keys: list[str] | KeyTable
     exts: list[str]              # distinct extensions; member_ext indexes this list
     member_ext: np.ndarray       # int32
     offset: np.ndarray           # int64 data offset of each member
@@ -126,12 +155,6 @@ class SampleMaker:
         self.ext = [samples.exts[e] for e in range(len(samples.exts))]
         self.end = samples.offset + samples.size
 
-    def __len__(self) -> int:
-        return len(self.samples.keys)
-
-    def __call__(self, i: int) -> dict:
-        return self.make_many(np.asarray([i]))[0][0]
-
     def make_many(self, idx: np.ndarray) -> tuple[list[dict], list[int]]:
         """Samples idx (in that order) and the member bytes of each, gathered at once."""
         s = self.samples
@@ -144,11 +167,13 @@ class SampleMaker:
         ext, exts = s.member_ext[members].tolist(), self.ext
         off, end = s.offset[members].tolist(), self.end[members].tolist()
         nbytes = np.add.reduceat(s.size[members], starts).tolist() if total else [0] * len(idx)
-        keys, url, data, copy = s.keys, self.url, self.data, self.copy
+        url, data, copy = self.url, self.data, self.copy
+        wanted = idx.tolist()
+        keys = s.keys.take(wanted) if isinstance(s.keys, KeyTable) else [s.keys[i] for i in wanted]
         out = []
         m = 0
-        for i, c in zip(idx.tolist(), counts.tolist()):
-            sample = {"__key__": keys[i], "__url__": url}
+        for key, c in zip(keys, counts.tolist()):
+            sample = {"__key__": key, "__url__": url}
             for j in range(m, m + c):
                 sample[exts[ext[j]]] = bytes(data[off[j]:end[j]]) if copy else data[off[j]:end[j]]
             m += c

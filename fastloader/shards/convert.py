@@ -90,6 +90,8 @@ def convert(source: str, pattern: str, *, maxcount: int = 10_000, maxsize: float
         items = [(text, label) for (_, text, _), label in zip(rows, ids)]
     else:
         raise ValueError(f"{source}: give an ImageFolder directory or a .csv / .jsonl file")
+    if not items:
+        raise ValueError(f"{source}: no records to convert")
     order = np.random.default_rng(seed).permutation(len(items)) if shuffle else np.arange(len(items))
     width = max(8, len(str(len(items))))
     nbytes = 0

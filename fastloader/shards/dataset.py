@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import resource
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,10 +17,12 @@ from torch.utils.data import IterableDataset
 from .._worker_info import get_worker_info
 from ..errors import ShardError
 from . import _index, _members, _scanning, _tar, partition
-from .urls import expand_urls, local_path, open_stream, read_chunks
+from .urls import expand_urls, indexable_path, open_stream, read_chunks
 
 STATE_VERSION = 1
-MAX_OPEN_SHARDS = 64  # mmaps kept open per worker (each holds a file descriptor)
+# mmaps kept open per worker (each holds a file descriptor): a global shuffle reads from
+# every shard, so as many as the descriptor limit comfortably allows
+MAX_OPEN_SHARDS = max(64, min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
 _CHUNK = 256  # samples built together
 
 
@@ -154,7 +158,7 @@ class WebDataset(IterableDataset):
         self.chunk_size = chunk_size
         self.views = views
         # local, not resampled: every shard indexed, global sample order and elastic resume
-        self.indexed = not resampled and all(local_path(u) is not None for u in self.urls)
+        self.indexed = not resampled and all(indexable_path(u) is not None for u in self.urls)
         # Shared with worker processes forked or spawned from here, so that set_epoch
         # reaches persistent workers too (a plain int would stay behind in their copy).
         self._epoch = multiprocessing.RawValue("q", 0)
@@ -292,7 +296,7 @@ class WebDataset(IterableDataset):
     def _index(self, shard: int) -> _index.ShardIndex:
         index = self._indexes.get(shard)
         if index is None:
-            path = local_path(self.urls[shard])
+            path = indexable_path(self.urls[shard])
             index = _index.load_or_build(path, self.index_dir, self.max_member_size)
             self._indexes[shard] = index
         return index
@@ -303,7 +307,7 @@ class WebDataset(IterableDataset):
             if len(self._open) >= MAX_OPEN_SHARDS:
                 self._open.popitem(last=False)
             url = self.urls[shard]
-            maker = _members.SampleMaker(self._index(shard).samples, _index.open_mmap(local_path(url)), url,
+            maker = _members.SampleMaker(self._index(shard).samples, _index.open_mmap(indexable_path(url)), url,
                                          self.views)
             self._open[shard] = maker
         else:
@@ -388,8 +392,7 @@ class WebDataset(IterableDataset):
     def _shard_samples(self, p: _Pass, shard: int) -> Iterator[dict | None]:
         url = self.urls[shard]
         p.stats["shards"] += 1
-        path = local_path(url)
-        if path is not None:  # local: through the index
+        if indexable_path(url) is not None:  # local: through the index
             try:
                 index = self._index(shard)
                 maker = self._maker(shard)
@@ -426,7 +429,7 @@ class WebDataset(IterableDataset):
                 for sample, nbytes in self._built(_members.SampleMaker(item, data, url, self.views),
                                                   np.arange(len(item))):
                     yield self._emit(p, sample, nbytes)
-        except OSError as err:
+        except (OSError, EOFError, zlib.error) as err:  # gzip reports damage as these
             self._fail(p, ShardError(f"read failed: {err}", url=url))
         finally:
             try:
@@ -434,9 +437,21 @@ class WebDataset(IterableDataset):
             except ShardError as err:
                 self._fail(p, err)
 
+    def _from_shards(self, p: _Pass) -> Iterator[dict]:
+        empty_in_a_row = 0  # a stream that must fill epoch_size from shards that hold nothing
+        for shard in self._shard_sequence(p.plan):
+            got = 0
+            for s in self._shard_samples(p, shard):
+                if s is not None:
+                    got += 1
+                    yield s
+            empty_in_a_row = 0 if got else empty_in_a_row + 1
+            if empty_in_a_row > 10 * len(self.urls) + 100:
+                raise ShardError(f"{empty_in_a_row} shards in a row gave no sample: cannot fill epoch_size",
+                                 url=self.urls[shard])
+
     def _streamed(self, p: _Pass) -> Iterator[dict | None]:
-        samples = (s for shard in self._shard_sequence(p.plan) for s in self._shard_samples(p, shard)
-                   if s is not None)
+        samples = self._from_shards(p)
         if self.shuffle:
             samples = _buffer_shuffle(samples, self.buffer_size, partition.rng(self.seed, p.plan.epoch, p.plan.k, 3))
         return samples

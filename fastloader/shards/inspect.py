@@ -9,12 +9,12 @@ import numpy as np
 
 from ..errors import ShardError
 from . import _index, _scanning, _tar
-from .urls import expand_urls, local_path, open_stream, read_chunks
+from .urls import expand_urls, indexable_path, open_stream, read_chunks
 
 
 def inspect_shard(url: str, max_member_size: int = _tar.DEFAULT_MAX_MEMBER_SIZE) -> dict[str, Any]:
     """Counts of one shard and the damage found in it (nothing is written)."""
-    path = local_path(url)
+    path = indexable_path(url)
     found: list = []
     damage: list[tuple[int, str]] = []
     try:

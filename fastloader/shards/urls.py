@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import gzip
 import os
 import re
 import subprocess
@@ -9,6 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from ..errors import ShardError
 
+_PIECE = 64 << 10
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
@@ -46,6 +48,16 @@ def local_path(url: str) -> str | None:
     return url[len("file://"):] if url.startswith("file://") else url
 
 
+def is_compressed(url: str) -> bool:
+    """A gzipped tar (`.tar.gz`, `.tgz`): read as a stream, like a remote shard."""
+    return url.lower().endswith((".gz", ".tgz"))
+
+
+def indexable_path(url: str) -> str | None:
+    """The path of a shard that can be mapped and indexed (local, not compressed)."""
+    return None if is_compressed(url) else local_path(url)
+
+
 def expand_urls(urls: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
     """A flat list of shard URLs from a pattern, a "::"-joined string or a list of them.
     Local glob patterns (`*`, `?`, `[..]`) expand to the sorted matches."""
@@ -70,12 +82,23 @@ def expand_urls(urls: str | os.PathLike | Iterable[str | os.PathLike]) -> list[s
 
 
 def open_stream(url: str, allow_pipe: bool = False):
-    """A readable binary file object for a non-local URL (fsspec) or a pipe: command."""
+    """A readable binary file object for any shard URL: a local file, a pipe: command,
+    another scheme through fsspec; gunzipped for .gz / .tgz."""
+    stream = _open_raw(url, allow_pipe)
+    return gzip.GzipFile(fileobj=stream, mode="rb") if is_compressed(url) else stream
+
+
+def _open_raw(url: str, allow_pipe: bool):
     s = scheme_of(url)
     if s == "pipe":
         if not allow_pipe:
             raise ShardError("pipe: URLs run a shell command; pass allow_pipe=True to allow them", url=url)
         return _PipeStream(url[len("pipe:"):], url)
+    if s == "file":
+        try:
+            return open(local_path(url), "rb")
+        except OSError as e:
+            raise ShardError(f"cannot open: {e.strerror or e}", url=url) from e
     try:
         import fsspec
     except ImportError:
@@ -106,16 +129,23 @@ class _PipeStream:
 
 
 def read_chunks(stream, chunk_size: int) -> Iterator[memoryview]:
-    """Fills and yields a buffer of up to chunk_size bytes at a time (short only at EOF)."""
+    """Fills and yields a buffer of up to chunk_size bytes at a time (short only at EOF).
+    Reads go in pieces of at most 64 KiB, and a read error comes after the bytes read
+    before it (a damaged gzip stream still gives what it held up to the damage)."""
     while True:
         buf = bytearray(chunk_size)
         view = memoryview(buf)
         n = 0
-        while n < chunk_size:
-            got = stream.readinto(view[n:])
-            if not got:
-                break
-            n += got
+        try:
+            while n < chunk_size:
+                got = stream.readinto(view[n:min(chunk_size, n + _PIECE)])
+                if not got:
+                    break
+                n += got
+        except Exception:
+            if n:
+                yield view[:n]
+            raise
         if n == 0:
             return
         yield view[:n]

@@ -110,7 +110,9 @@ class TarWriter:
 
     def write(self, sample: dict[str, Any]) -> int:
         """Writes one sample; returns the bytes written."""
-        blob = self.encode(sample)
+        return self.write_encoded(self.encode(sample))
+
+    def write_encoded(self, blob: bytes) -> int:
         self.fileobj.write(blob)
         self.count += 1
         self.size += len(blob)
@@ -166,15 +168,12 @@ class ShardWriter:
             self._tar = None
 
     def write(self, sample: dict[str, Any]) -> None:
-        blob_writer = self._tar
-        if blob_writer is None:
+        if self._tar is None:
             self._next()
         blob = self._tar.encode(sample)
         if self._tar.count and (self._tar.count >= self.maxcount or self._tar.size + len(blob) > self.maxsize):
             self._next()
-        self._tar.fileobj.write(blob)
-        self._tar.count += 1
-        self._tar.size += len(blob)
+        self._tar.write_encoded(blob)
         self.total += 1
 
     def close(self) -> None:

@@ -172,3 +172,35 @@ def test_image_shards_feed_the_pipeline_from_views(tmp_path, photos):
     labels = torch.cat([b[1] for b in batches])
     order = labels.argsort()
     assert torch.equal(images[order], pipe(jpegs)) and labels[order].tolist() == list(range(8))
+
+
+def test_gzipped_shards_stream_like_webdataset_reads_them(ref_shards, tmp_path):
+    import gzip
+
+    _, paths = ref_shards
+    gz = []
+    for p in paths[:2]:
+        target = tmp_path / (os.path.basename(p) + ".gz")
+        with open(p, "rb") as f, gzip.open(target, "wb") as out:
+            out.write(f.read())
+        gz.append(str(target))
+    ds = fastloader.WebDataset(gz, shard_shuffle=False, chunk_size=4096)
+    assert not ds.indexed
+    assert list(ds) == read_with_webdataset(gz)
+    with open(gz[1], "r+b") as f:  # a cut-off gzip stream is damage, not a crash
+        f.truncate(os.path.getsize(gz[1]) // 2)
+    with pytest.raises(fastloader.ShardError, match="read failed"):
+        list(fastloader.WebDataset(gz, shard_shuffle=False))
+    got = list(fastloader.WebDataset(gz, shard_shuffle=False, on_error="skip"))
+    assert 50 < len(got) < 100
+
+
+def test_index_rebuilt_for_another_member_limit_and_after_a_torn_write(tmp_path):
+    paths = write_with_webdataset(tmp_path, make_samples(20, seed=6), per_shard=100)
+    small = fastloader.WebDataset(paths, max_member_size=1000, on_error="skip", require=("bin",))
+    got_small = list(small)
+    assert small.stats()["failures"] > 0 and len(got_small) < 20
+    # not the cached verdict of the small limit
+    assert len(list(fastloader.WebDataset(paths, require=("bin",)))) == 20
+    open(paths[0] + _index.INDEX_SUFFIX, "wb").close()  # an empty (torn) index file
+    assert len(list(fastloader.WebDataset(paths))) == 20

@@ -214,3 +214,13 @@ def test_set_epoch_reaches_persistent_workers(shards, worker_type, loader_cls):
         ds.set_epoch(epoch)
         fresh.append([k for b in _loader(ds, 2) for k in b])
     assert orders == fresh and orders[0] != orders[1] != orders[2]
+
+
+def test_epoch_size_from_empty_shards_is_an_error_not_a_hang(tmp_path):
+    empty = []
+    for i in range(3):
+        path = tmp_path / f"e{i}-0.tar"
+        path.write_bytes(bytes(1024))  # an empty archive: the end marker only
+        empty.append(str(path))
+    with pytest.raises(fastloader.ShardError, match="gave no sample"):
+        list(fastloader.WebDataset(empty, resampled=True, epoch_size=10))

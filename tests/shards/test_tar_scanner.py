@@ -183,3 +183,27 @@ def test_streamed_scan_equals_whole_scan_on_damaged_tars(case):
         assert _stream_events([blob[i:i + chunk] for i in range(0, len(blob), chunk)]) == want, chunk
     for cut in range(100, min(len(blob), 20_000), 100):  # two chunks, cut anywhere
         assert _stream_events([blob[:cut], blob[cut:]]) == want, cut
+
+
+def test_names_split_into_key_and_extension_as_webdataset_does():
+    import warnings
+
+    from fastloader.shards._members import split_name
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from webdataset.tariterators import base_plus_ext
+    names = ["a.jpg", "dir/abc.seg.PNG", "dir/.x.jpg", ".hidden", "noext", "a.b/c", "a.b/c.d", "x/y/z.tar.gz",
+             "k.", "__meta__", "__dir__/a.jpg", "d/__x__.jpg", "a..b", "/abs/p.q"]
+    for name in names:
+        key, ext = base_plus_ext(name)
+        meta = name.startswith("__") and ("/" in name or name.endswith("__"))
+        want = (None, None) if meta or key is None else (key, ext.lower())
+        assert split_name(name) == want, name
+
+
+def test_the_binding_refuses_strided_buffers():
+    from fastloader import _C
+
+    with pytest.raises(ValueError, match="contiguous"):
+        _C.scan_tar(memoryview(bytes(2048))[::-1], 0, True, MAX)

@@ -139,3 +139,10 @@ def test_shard_benchmark_reads_the_same_samples_with_both(tmp_path, monkeypatch,
     assert [r["num_workers"] for r in rows] == [0, 1]
     for r in rows:  # run() checks both read the same number of samples
         assert r["webdataset"]["samples"] == r["fastloader"]["samples"] == 500 and r["ratio"] > 0
+
+
+def test_convert_refuses_an_empty_file(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["convert", str(empty), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
+    assert "no records" in capsys.readouterr().err
