@@ -9,6 +9,7 @@
 #include "image/augment.h"
 #include "image/random_crop.h"
 #include "io/tar.h"
+#include "text/wordpiece.h"
 #include "jpeg/decode.h"
 
 namespace fl = fastloader;
@@ -202,10 +203,62 @@ py::tuple scan_tar(py::buffer data, uint64_t base, bool final, uint64_t max_memb
   return py::make_tuple(names, where, scan.consumed, scan.at_end, scan.error, scan.error_offset);
 }
 
+torch::Tensor to_tensor(const std::vector<int64_t>& v) {
+  torch::Tensor t = torch::empty({int64_t(v.size())}, torch::kInt64);
+  if (!v.empty()) std::memcpy(t.data_ptr<int64_t>(), v.data(), v.size() * sizeof(int64_t));
+  return t;
+}
+
+// The UTF-8 of each item (str, or bytes to be checked as UTF-8); the list keeps them alive.
+std::vector<std::string_view> utf8_items(const py::list& items, const char* what) {
+  std::vector<std::string_view> out;
+  out.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    PyObject* o = items[i].ptr();
+    if (PyUnicode_Check(o)) {
+      Py_ssize_t n = 0;
+      const char* p = PyUnicode_AsUTF8AndSize(o, &n);
+      if (!p) {
+        PyErr_Clear();
+        throw py::value_error(std::string(what) + " item " + std::to_string(i) +
+                              ": not encodable as UTF-8 (lone surrogates)");
+      }
+      out.emplace_back(p, size_t(n));
+    } else if (PyBytes_Check(o)) {
+      out.emplace_back(PyBytes_AS_STRING(o), size_t(PyBytes_GET_SIZE(o)));
+    } else {
+      throw py::type_error(std::string(what) + " item " + std::to_string(i) + " is a " +
+                           Py_TYPE(o)->tp_name + ", not str");
+    }
+  }
+  return out;
+}
+
+// (ids, token_type_ids, offsets): item i is ids[offsets[i]:offsets[i + 1]].
+py::tuple wordpiece_encode_batch(const fl::WordPieceTokenizer& tok, const py::list& first,
+                                 const py::object& second, bool add_special_tokens, int64_t max_length,
+                                 int truncation, int num_threads) {
+  std::vector<std::string_view> a = utf8_items(first, "text");
+  std::vector<std::string_view> b;
+  const bool pairs = !second.is_none();
+  if (pairs) {
+    py::list second_list = second.cast<py::list>();
+    if (second_list.size() != first.size()) throw py::value_error("text_pairs must be as many as texts");
+    b = utf8_items(second_list, "text_pair");
+  }
+  fl::EncodeOptions options{add_special_tokens, max_length, static_cast<fl::Truncation>(truncation)};
+  fl::EncodedBatch enc;
+  {
+    py::gil_scoped_release no_gil;
+    enc = tok.encode_batch(a, pairs ? &b : nullptr, options, num_threads);
+  }
+  return py::make_tuple(to_tensor(enc.ids), to_tensor(enc.type_ids), to_tensor(enc.offsets));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fastloader's compiled kernels (JPEG decode, fused image augmentation, tar scanning)";
+  m.doc() = "fastloader's compiled kernels (JPEG decode, fused image augmentation, tar scanning, WordPiece)";
   py::register_exception<fl::JpegError>(m, "JpegError", PyExc_ValueError);
   m.def("decode_jpeg", &decode_jpeg, py::arg("data"), py::arg("mode"), py::arg("scale"),
         py::arg("apply_orientation"), py::arg("max_pixels"), py::arg("max_scans"));
@@ -217,6 +270,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("max_scans"), py::arg("num_threads"));
   m.def("sample_resized_crops", &sample_resized_crops, py::arg("sizes"), py::arg("scale_lo"),
         py::arg("scale_hi"), py::arg("ratio_lo"), py::arg("ratio_hi"), py::arg("seed"));
+  py::register_exception<fl::TextError>(m, "TextError", PyExc_ValueError);
+  py::class_<fl::WordPieceTokenizer>(m, "WordPieceTokenizer")
+      .def(py::init([](const std::vector<std::string>& vocab, bool clean_text, bool handle_chinese_chars,
+                       bool strip_accents, bool lowercase, int max_input_chars_per_word) {
+             return std::make_unique<fl::WordPieceTokenizer>(
+                 vocab, fl::NormalizerOptions{clean_text, handle_chinese_chars, strip_accents, lowercase},
+                 max_input_chars_per_word);
+           }),
+           py::arg("vocab"), py::arg("clean_text"), py::arg("handle_chinese_chars"), py::arg("strip_accents"),
+           py::arg("lowercase"), py::arg("max_input_chars_per_word"))
+      .def("id_of", &fl::WordPieceTokenizer::id_of)
+      .def("encode_batch", &wordpiece_encode_batch, py::arg("texts"), py::arg("pairs"),
+           py::arg("add_special_tokens"), py::arg("max_length"), py::arg("truncation"), py::arg("num_threads"));
   m.def("scan_tar", &scan_tar, py::arg("data"), py::arg("base"), py::arg("final"),
         py::arg("max_member_size"));
 }

@@ -1,0 +1,4 @@
+"""Text: the compiled WordPiece tokenizer and compile-friendly batching."""
+from .tokenizer import WordPieceTokenizer
+
+__all__ = ["WordPieceTokenizer"]

@@ -1,0 +1,175 @@
+"""`WordPieceTokenizer`: BERT tokenization in compiled C++, the same ids as HF's
+`BertTokenizerFast` for the same vocab and options, a whole batch per call."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .. import _C
+
+SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "[UNK]")
+TRUNCATION = {False: 0, None: 0, "do_not_truncate": 0, True: 1, "longest_first": 1, "only_first": 2, "only_second": 3}
+
+
+def _read_vocab_txt(path: str) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the vocab: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: not UTF-8 ({e.reason})") from None
+    tokens = [t.rstrip("\n") for t in text.splitlines(keepends=True)]  # as HF's load_vocab
+    if not tokens:
+        raise ValueError(f"{path}: the vocab is empty")
+    return tokens
+
+
+def _read_tokenizer_json(path: str) -> tuple[list[str], dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable tokenizer.json: {e}") from None
+    model = spec.get("model") or {}
+    if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+        raise ValueError(f"{path}: not a WordPiece tokenizer (model type {model.get('type')!r})")
+    vocab = model["vocab"]
+    tokens = [""] * len(vocab)
+    for token, i in vocab.items():
+        if not isinstance(i, int) or not 0 <= i < len(tokens) or tokens[i]:
+            raise ValueError(f"{path}: the vocab's ids are not 0..{len(vocab) - 1}, each once")
+        tokens[i] = token
+    if model.get("continuing_subword_prefix", "##") != "##":
+        raise ValueError(f"{path}: only the '##' continuation prefix is supported")
+    norm = spec.get("normalizer") or {}
+    options: dict[str, Any] = {"max_input_chars_per_word": model.get("max_input_chars_per_word", 100)}
+    if norm.get("type") == "BertNormalizer":
+        options.update(clean_text=norm.get("clean_text", True), tokenize_chinese_chars=norm.get("handle_chinese_chars", True),
+                       strip_accents=norm.get("strip_accents"), do_lower_case=norm.get("lowercase", True))
+    elif norm:
+        raise ValueError(f"{path}: normalizer {norm.get('type')!r} is not the BERT one")
+    return tokens, options
+
+
+class WordPieceTokenizer:
+    """BERT's tokenizer (basic tokenization + greedy longest-match WordPiece with `##`
+    continuations), options as HF's: `do_lower_case`, `strip_accents` (None: follows
+    do_lower_case), `tokenize_chinese_chars`, `max_length`, `truncation` (True /
+    "longest_first" / "only_first" / "only_second"), `add_special_tokens`, `padding`
+    (False: ragged, True / "longest", "max_length")."""
+
+    def __init__(self, vocab: Sequence[str], *, do_lower_case: bool = True, strip_accents: bool | None = None,
+                 tokenize_chinese_chars: bool = True, clean_text: bool = True, max_input_chars_per_word: int = 100,
+                 max_length: int | None = None, truncation: bool | str = False, add_special_tokens: bool = True,
+                 padding: bool | str = False, num_threads: int | None = None, source: str = "vocab") -> None:
+        missing = [t for t in SPECIAL_TOKENS if t not in set(vocab)]
+        if missing:
+            raise ValueError(f"{source}: the vocab has no {', '.join(missing)} token")
+        if truncation not in TRUNCATION:
+            raise ValueError(f"truncation must be one of {sorted(map(str, TRUNCATION))}, got {truncation!r}")
+        self.vocab = list(vocab)
+        self.do_lower_case = do_lower_case
+        self.strip_accents = do_lower_case if strip_accents is None else strip_accents
+        self.tokenize_chinese_chars = tokenize_chinese_chars
+        self.max_length = max_length
+        self.truncation = truncation
+        self.add_special_tokens = add_special_tokens
+        self.padding = padding
+        self.num_threads = num_threads
+        self._impl = _C.WordPieceTokenizer(self.vocab, clean_text, tokenize_chinese_chars, self.strip_accents,
+                                           do_lower_case, max_input_chars_per_word)
+        self.pad_token_id = self._impl.id_of("[PAD]")
+        self.cls_token_id = self._impl.id_of("[CLS]")
+        self.sep_token_id = self._impl.id_of("[SEP]")
+        self.unk_token_id = self._impl.id_of("[UNK]")
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **options: Any) -> WordPieceTokenizer:
+        """From a model directory (its tokenizer.json, else vocab.txt and
+        tokenizer_config.json), a `vocab.txt` or a `tokenizer.json`; `options` override."""
+        path = os.fspath(path)
+        found: dict[str, Any] = {}
+        if os.path.isdir(path):
+            if os.path.exists(os.path.join(path, "tokenizer.json")):
+                return cls.from_pretrained(os.path.join(path, "tokenizer.json"), **options)
+            config = os.path.join(path, "tokenizer_config.json")
+            if os.path.exists(config):
+                with open(config, encoding="utf-8") as f:
+                    conf = json.load(f)
+                for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars"):
+                    if key in conf:
+                        found[key] = conf[key]
+            path = os.path.join(path, "vocab.txt")
+        if path.endswith(".json"):
+            vocab, found = _read_tokenizer_json(path)
+        else:
+            vocab = _read_vocab_txt(path)
+        return cls(vocab, **{**found, **options, "source": path})
+
+    def _threads(self) -> int:
+        return self.num_threads or torch.get_num_threads()
+
+    def encode_batch(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, *,
+                     padding: bool | str | None = None, max_length: int | None = None,
+                     truncation: bool | str | None = None) -> dict[str, torch.Tensor]:
+        """input_ids, token_type_ids and attention_mask of every text (and pair).
+
+        Ragged by default: flat tensors and `offsets` (item i is [offsets[i], offsets[i+1]));
+        with padding, (N, L) tensors padded with [PAD] on the right."""
+        padding = self.padding if padding is None else padding
+        max_length = self.max_length if max_length is None else max_length
+        truncation = self.truncation if truncation is None else truncation
+        if truncation not in TRUNCATION:
+            raise ValueError(f"truncation must be one of {sorted(map(str, TRUNCATION))}, got {truncation!r}")
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("encode_batch takes a list of texts; use encode() for one")
+        ids, types, offsets = self._impl.encode_batch(
+            list(texts), None if text_pairs is None else list(text_pairs), self.add_special_tokens,
+            -1 if max_length is None else int(max_length), TRUNCATION[truncation], self._threads())
+        if not padding:
+            return {"input_ids": ids, "token_type_ids": types, "attention_mask": torch.ones_like(ids),
+                    "offsets": offsets}
+        lengths = offsets.diff()
+        if padding == "max_length":
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length")
+            width = int(max_length)
+        elif padding in (True, "longest"):
+            width = int(lengths.max()) if len(lengths) else 0
+        else:
+            raise ValueError(f"padding must be False, True, 'longest' or 'max_length', got {padding!r}")
+        return pad_ragged(ids, types, offsets, width, self.pad_token_id)
+
+    def encode(self, text: str, text_pair: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """One text (and pair): 1-D input_ids, token_type_ids, attention_mask."""
+        out = self.encode_batch([text], None if text_pair is None else [text_pair], **kwargs)
+        if "offsets" in out:
+            out.pop("offsets")
+            return out
+        return {k: v[0] for k, v in out.items()}
+
+    __call__ = encode_batch
+
+
+def pad_ragged(ids: torch.Tensor, types: torch.Tensor, offsets: torch.Tensor, width: int,
+               pad_id: int) -> dict[str, torch.Tensor]:
+    """(N, width) input_ids / token_type_ids / attention_mask from ragged tensors (items
+    longer than width are an error: truncate when encoding)."""
+    lengths = offsets.diff()
+    n = len(lengths)
+    if n and int(lengths.max()) > width:
+        raise ValueError(f"an item has {int(lengths.max())} tokens, more than the padded length {width}")
+    mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.int64)
+    token_types = torch.zeros((n, width), dtype=torch.int64)
+    input_ids[mask] = ids
+    token_types[mask] = types
+    return {"input_ids": input_ids, "token_type_ids": token_types, "attention_mask": mask.long()}

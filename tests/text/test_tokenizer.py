@@ -1,0 +1,131 @@
+"""WordPieceTokenizer against HF's BertTokenizerFast (same vocab, same options) on real text."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fastloader.text import WordPieceTokenizer
+
+from _corpora import MODEL_DIR, UNICODE_STRESS, bbc_news, tweets, with_warnings_quiet
+
+
+@with_warnings_quiet
+def _hf(**options):
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast.from_pretrained(MODEL_DIR, **options)
+
+
+@pytest.fixture(scope="module")
+def corpora():
+    return {"tweets": tweets(), "bbc": bbc_news(), "stress": UNICODE_STRESS}
+
+
+def _ragged(out) -> list[list[int]]:
+    ids, offsets = out["input_ids"].tolist(), out["offsets"].tolist()
+    return [ids[a:b] for a, b in zip(offsets, offsets[1:])]
+
+
+def test_corpora_are_the_real_ones(corpora):
+    assert len(corpora["tweets"]) > 38_000 and len(corpora["bbc"]) == 2225
+
+
+@pytest.mark.parametrize("corpus", ["tweets", "bbc", "stress"])
+def test_same_ids_as_hf_on_real_text(corpora, corpus):
+    texts = corpora[corpus]
+    ours = WordPieceTokenizer.from_pretrained(MODEL_DIR).encode_batch(texts)
+    ref = with_warnings_quiet(_hf())(texts)
+    assert _ragged(ours) == ref["input_ids"]
+    types = ours["token_type_ids"].tolist()
+    assert sum(map(len, ref["token_type_ids"])) == len(types) and not any(types)
+    assert ours["attention_mask"].sum() == sum(map(sum, ref["attention_mask"]))
+
+
+@pytest.mark.parametrize("lower,strip,chinese", [(False, False, True), (False, True, False), (True, False, True),
+                                                 (True, None, False)])
+def test_same_ids_as_hf_with_other_options(corpora, lower, strip, chinese):
+    texts = UNICODE_STRESS + corpora["tweets"][:3000]
+    ours = WordPieceTokenizer.from_pretrained(MODEL_DIR, do_lower_case=lower, strip_accents=strip,
+                                              tokenize_chinese_chars=chinese)
+    ref = _hf(do_lower_case=lower, strip_accents=strip, tokenize_chinese_chars=chinese)
+    assert _ragged(ours.encode_batch(texts)) == with_warnings_quiet(ref)(texts)["input_ids"]
+
+
+@pytest.mark.parametrize("truncation", [True, "longest_first", "only_second"])
+@pytest.mark.parametrize("max_length", [8, 17, 64])
+def test_pairs_truncation_and_padding_as_hf(corpora, truncation, max_length):
+    texts = corpora["tweets"][:400]
+    pairs = corpora["tweets"][400:800]
+    ours = WordPieceTokenizer.from_pretrained(MODEL_DIR)
+    if truncation == "only_second":  # both refuse a pair whose second text is too short to cut: keep the others
+        plain = WordPieceTokenizer.from_pretrained(MODEL_DIR, add_special_tokens=False)
+        n1 = [len(x) for x in _ragged(plain.encode_batch(texts))]
+        n2 = [len(x) for x in _ragged(plain.encode_batch(pairs))]
+        keep = [i for i in range(len(texts)) if n1[i] + n2[i] <= max_length - 3 or n2[i] > n1[i] + n2[i] - (max_length - 3)]
+        assert keep
+        if len(keep) < len(texts):
+            with pytest.raises(ValueError, match="too short"):
+                ours.encode_batch(texts, pairs, truncation=truncation, max_length=max_length)
+        texts, pairs = [texts[i] for i in keep], [pairs[i] for i in keep]
+    ref = _hf()
+    for padding in ("longest", "max_length"):
+        got = ours.encode_batch(texts, pairs, truncation=truncation, max_length=max_length, padding=padding)
+        want = with_warnings_quiet(ref)(texts, pairs, truncation=truncation, max_length=max_length, padding=padding,
+                                        return_tensors="pt")
+        for key in ("input_ids", "token_type_ids", "attention_mask"):
+            assert torch.equal(got[key], want[key]), key
+
+
+def test_single_texts_truncate_and_encode_as_hf(corpora):
+    ours = WordPieceTokenizer.from_pretrained(MODEL_DIR, max_length=32, truncation=True)
+    ref = _hf()
+    for text in corpora["bbc"][:20] + UNICODE_STRESS:
+        got = ours.encode(text)
+        want = with_warnings_quiet(ref)(text, truncation=True, max_length=32)
+        assert got["input_ids"].tolist() == want["input_ids"]
+        assert got["token_type_ids"].tolist() == want["token_type_ids"]
+
+
+def test_loads_vocab_txt_tokenizer_json_and_directory(corpora):
+    texts = UNICODE_STRESS + corpora["tweets"][:500]
+    ways = [MODEL_DIR, os.path.join(MODEL_DIR, "tokenizer.json"), os.path.join(MODEL_DIR, "vocab.txt")]
+    results = [_ragged(WordPieceTokenizer.from_pretrained(p).encode_batch(texts)) for p in ways]
+    assert results[0] == results[1] == results[2]
+
+
+def test_threads_give_the_same_ids(corpora):
+    texts = corpora["bbc"][:300]
+    one = WordPieceTokenizer.from_pretrained(MODEL_DIR, num_threads=1).encode_batch(texts)
+    two = WordPieceTokenizer.from_pretrained(MODEL_DIR, num_threads=2).encode_batch(texts)
+    assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_bad_input_names_the_item_or_file(tmp_path):
+    tok = WordPieceTokenizer.from_pretrained(MODEL_DIR)
+    with pytest.raises(TypeError, match="item 1 is a int"):
+        tok.encode_batch(["fine", 3])
+    with pytest.raises(ValueError, match="item 2: invalid UTF-8 at byte 1"):
+        tok.encode_batch(["ok", b"ok", b"a\xff"])
+    assert tok.encode_batch([b"caf\xc3\xa9"])["input_ids"].tolist() == tok.encode_batch(["café"])["input_ids"].tolist()
+    with pytest.raises(ValueError, match="item 0: not encodable as UTF-8"):
+        tok.encode_batch(["\udcff"])
+    with pytest.raises(ValueError, match="missing.txt: cannot read the vocab"):
+        WordPieceTokenizer.from_pretrained(tmp_path / "missing.txt")
+    bad = tmp_path / "vocab.txt"
+    bad.write_bytes(b"[PAD]\n[UNK]\n\xff\xfe\n")
+    with pytest.raises(ValueError, match="vocab.txt: line 3: not UTF-8"):
+        WordPieceTokenizer.from_pretrained(bad)
+    bad.write_text("[PAD]\n[UNK]\nhello\n")
+    with pytest.raises(ValueError, match=r"vocab.txt: the vocab has no \[CLS\], \[SEP\]"):
+        WordPieceTokenizer.from_pretrained(bad)
+    js = tmp_path / "tokenizer.json"
+    js.write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizer.json: not a readable tokenizer.json"):
+        WordPieceTokenizer.from_pretrained(js)
+    js.write_text('{"model": {"type": "BPE", "vocab": {}}}')
+    with pytest.raises(ValueError, match="not a WordPiece tokenizer"):
+        WordPieceTokenizer.from_pretrained(js)
+    with pytest.raises(ValueError, match="truncation must be"):
+        tok.encode_batch(["x"], truncation="sideways")
