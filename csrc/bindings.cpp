@@ -9,6 +9,7 @@
 #include "image/augment.h"
 #include "image/random_crop.h"
 #include "io/tar.h"
+#include "text/packing.h"
 #include "text/wordpiece.h"
 #include "jpeg/decode.h"
 
@@ -255,6 +256,23 @@ py::tuple wordpiece_encode_batch(const fl::WordPieceTokenizer& tok, const py::li
   return py::make_tuple(to_tensor(enc.ids), to_tensor(enc.type_ids), to_tensor(enc.offsets));
 }
 
+torch::Tensor pack_first_fit_decreasing(torch::Tensor lengths, int64_t capacity) {
+  if (lengths.scalar_type() != torch::kInt64 || lengths.dim() != 1)
+    throw py::value_error("lengths must be a 1-D int64 tensor");
+  lengths = lengths.contiguous();
+  std::vector<int64_t> rows;
+  {
+    py::gil_scoped_release no_gil;
+    try {
+      rows = fl::first_fit_decreasing(lengths.data_ptr<int64_t>(), lengths.size(0), capacity);
+    } catch (const std::invalid_argument& e) {
+      py::gil_scoped_acquire gil;
+      throw py::value_error(e.what());
+    }
+  }
+  return to_tensor(rows);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -283,6 +301,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("id_of", &fl::WordPieceTokenizer::id_of)
       .def("encode_batch", &wordpiece_encode_batch, py::arg("texts"), py::arg("pairs"),
            py::arg("add_special_tokens"), py::arg("max_length"), py::arg("truncation"), py::arg("num_threads"));
+  m.def("pack_first_fit_decreasing", &pack_first_fit_decreasing, py::arg("lengths"), py::arg("capacity"));
   m.def("scan_tar", &scan_tar, py::arg("data"), py::arg("base"), py::arg("final"),
         py::arg("max_member_size"));
 }

@@ -1,4 +1,6 @@
 """Text: the compiled WordPiece tokenizer and compile-friendly batching."""
+from .collate import PackCollator, PadCollator
+from .sampler import LengthGroupedSampler
 from .tokenizer import WordPieceTokenizer
 
-__all__ = ["WordPieceTokenizer"]
+__all__ = ["LengthGroupedSampler", "PackCollator", "PadCollator", "WordPieceTokenizer"]
