@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-SUITES = ["images", "loader", "shards"]
+SUITES = ["images", "loader", "shards", "text"]
 
 
 def _bench(args) -> int:
@@ -17,6 +17,10 @@ def _bench(args) -> int:
         from .bench import shards
 
         shards.run(args.repeats, workers=tuple(int(w) for w in args.workers.split(",")))
+    elif args.suite == "text":
+        from .bench import text
+
+        text.run(args.repeats, threads=tuple(int(c) for c in args.cores.split(",")))
     else:
         from .bench import images
 
@@ -61,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("suite", nargs="?", default="images", choices=SUITES,
                        help="images: decode + RandomResizedCrop + flip + normalize vs PIL and bare "
                        "decode; loader: fastloader.DataLoader vs torch's DataLoader; shards: "
-                       "fastloader.WebDataset vs the webdataset library")
+                       "fastloader.WebDataset vs the webdataset library; text: WordPieceTokenizer vs HF "
+                       "BertTokenizerFast and the padding of the batching options")
     bench.add_argument("--n", type=int, default=2000, help="images in the built-in dataset (default 2000)")
-    bench.add_argument("--cores", default="1,2", help="comma-separated core counts (default 1,2)")
+    bench.add_argument("--cores", default="1,2", help="images / text: comma-separated core (thread) counts "
+                       "(default 1,2)")
     bench.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is shown")
     bench.add_argument("--workers", default=None,
                        help="loader / shards: comma-separated num_workers (default 0,2 / 1,2)")

@@ -122,3 +122,12 @@ def test_length_grouped_sampler(samples):
     for i in range(0, len(perm), 32):
         shuffled([samples[j] for j in perm[i:i + 32]])
     assert grouped.total_padding_fraction < shuffled.total_padding_fraction / 3
+
+
+def test_text_benchmark_checks_identity_and_reports_padding(capsys):
+    from fastloader.bench import text as bench
+
+    rows = bench.run(repeats=1, threads=(1,), corpora=("bbc",))
+    out = capsys.readouterr().out
+    assert rows[0]["identical"] and rows[0]["ratio"] > 0
+    assert "packed into 128" in out and "buckets 32/64/128" in out
