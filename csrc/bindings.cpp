@@ -257,18 +257,16 @@ py::tuple wordpiece_encode_batch(const fl::WordPieceTokenizer& tok, const py::li
 }
 
 torch::Tensor pack_first_fit_decreasing(torch::Tensor lengths, int64_t capacity) {
-  if (lengths.scalar_type() != torch::kInt64 || lengths.dim() != 1)
-    throw py::value_error("lengths must be a 1-D int64 tensor");
+  if (lengths.scalar_type() != torch::kInt64 || lengths.dim() != 1 || !lengths.device().is_cpu())
+    throw py::value_error("lengths must be a 1-D int64 CPU tensor");
   lengths = lengths.contiguous();
+  const int64_t* p = lengths.data_ptr<int64_t>();
+  for (int64_t i = 0; i < lengths.size(0); ++i)
+    if (p[i] < 0 || p[i] > capacity) throw py::value_error("a length is outside [0, capacity]");
   std::vector<int64_t> rows;
   {
     py::gil_scoped_release no_gil;
-    try {
-      rows = fl::first_fit_decreasing(lengths.data_ptr<int64_t>(), lengths.size(0), capacity);
-    } catch (const std::invalid_argument& e) {
-      py::gil_scoped_acquire gil;
-      throw py::value_error(e.what());
-    }
+    rows = fl::first_fit_decreasing(p, lengths.size(0), capacity);
   }
   return to_tensor(rows);
 }
@@ -291,13 +289,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::register_exception<fl::TextError>(m, "TextError", PyExc_ValueError);
   py::class_<fl::WordPieceTokenizer>(m, "WordPieceTokenizer")
       .def(py::init([](const std::vector<std::string>& vocab, bool clean_text, bool handle_chinese_chars,
-                       bool strip_accents, bool lowercase, int max_input_chars_per_word) {
+                       bool strip_accents, bool lowercase, int max_input_chars_per_word,
+                       const std::vector<std::string>& added_tokens) {
              return std::make_unique<fl::WordPieceTokenizer>(
                  vocab, fl::NormalizerOptions{clean_text, handle_chinese_chars, strip_accents, lowercase},
-                 max_input_chars_per_word);
+                 max_input_chars_per_word, added_tokens);
            }),
            py::arg("vocab"), py::arg("clean_text"), py::arg("handle_chinese_chars"), py::arg("strip_accents"),
-           py::arg("lowercase"), py::arg("max_input_chars_per_word"))
+           py::arg("lowercase"), py::arg("max_input_chars_per_word"), py::arg("added_tokens"))
       .def("id_of", &fl::WordPieceTokenizer::id_of)
       .def("encode_batch", &wordpiece_encode_batch, py::arg("texts"), py::arg("pairs"),
            py::arg("add_special_tokens"), py::arg("max_length"), py::arg("truncation"), py::arg("num_threads"));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "../common/parallel.h"
 #include "unicode_tables.h"
 
 namespace fastloader {
@@ -37,9 +38,8 @@ bool is_whitespace(char32_t c) {
          c == 0x3000;
 }
 
-bool is_control(char32_t c) {  // Cc, Cf, Co, except the whitespace controls
-  if (c == '\t' || c == '\n' || c == '\r') return false;
-  return in_ranges(u::kOther, c);
+bool is_removed(char32_t c) {  // what clean_text drops: control, format, private use (in HF's tables)
+  return c == 0 || c == 0xFFFD || in_ranges(u::kRemoved, c);
 }
 
 bool is_punctuation(char32_t c) {
@@ -50,7 +50,7 @@ bool is_punctuation(char32_t c) {
 
 bool is_chinese(char32_t c) {
   return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x20000 && c <= 0x2A6DF) ||
-         (c >= 0x2A700 && c <= 0x2B73F) || (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) ||
+         (c >= 0x2A700 && c <= 0x2B73F) || (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B920 && c <= 0x2CEAF) ||
          (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
 }
 
@@ -141,6 +141,11 @@ void append_utf8(char32_t c, std::string& out) {
 void truncate_pair(Truncation how, int64_t budget, std::vector<int64_t>& a, std::vector<int64_t>* b) {
   const int64_t total = int64_t(a.size()) + (b ? int64_t(b->size()) : 0);
   if (how == Truncation::None || total <= budget) return;
+  if (budget == 0) {  // HF empties both, whatever the strategy
+    a.clear();
+    if (b) b->clear();
+    return;
+  }
   const int64_t excess = total - budget;
   if (how == Truncation::OnlyFirst || how == Truncation::OnlySecond) {
     if (how == Truncation::OnlySecond && !b) throw TextError("truncation 'only_second' needs text pairs");
@@ -170,18 +175,23 @@ void truncate_pair(Truncation how, int64_t budget, std::vector<int64_t>& a, std:
 }  // namespace
 
 WordPieceTokenizer::WordPieceTokenizer(const std::vector<std::string>& vocab, NormalizerOptions options,
-                                       int max_input_chars_per_word)
+                                       int max_input_chars_per_word, const std::vector<std::string>& added_tokens)
     : options_(options), max_chars_(max_input_chars_per_word) {
   for (size_t i = 0; i < vocab.size(); ++i) {
     const std::string& t = vocab[i];
-    if (t.rfind("##", 0) == 0)
-      continuation_.emplace(t.substr(2), int64_t(i));  // the first id of a repeated token wins, as in HF
-    whole_.emplace(t, int64_t(i));
+    // a token listed twice has its last id, as HF's vocab loaders give it
+    if (t.rfind("##", 0) == 0) continuation_.insert_or_assign(t.substr(2), int64_t(i));
+    whole_.insert_or_assign(t, int64_t(i));
   }
   unk_ = id_of("[UNK]");
   cls_ = id_of("[CLS]");
   sep_ = id_of("[SEP]");
   if (unk_ < 0 || cls_ < 0 || sep_ < 0) throw TextError("the vocab lacks one of [UNK], [CLS], [SEP]");
+  for (const std::string& t : added_tokens) {
+    const int64_t id = id_of(t);
+    if (id < 0) throw TextError("added token " + t + " is not in the vocab");
+    if (!t.empty()) added_.emplace_back(t, id);
+  }
 }
 
 int64_t WordPieceTokenizer::id_of(std::string_view token) const {
@@ -193,8 +203,8 @@ void WordPieceTokenizer::normalize(std::u32string_view text, std::u32string& out
   out.clear();
   for (char32_t c : text) {
     if (options_.clean_text) {
-      if (c == 0 || c == 0xFFFD || is_control(c)) continue;
-      if (c == '\t' || c == '\n' || c == '\r' || is_whitespace(c)) c = ' ';
+      if (is_removed(c)) continue;
+      if (is_whitespace(c)) c = ' ';
     }
     if (options_.handle_chinese_chars && is_chinese(c)) {
       out += U' ';
@@ -209,7 +219,7 @@ void WordPieceTokenizer::normalize(std::u32string_view text, std::u32string& out
     if (!ascii) {
       nfd(out);
       out.erase(std::remove_if(out.begin(), out.end(),
-                               [](char32_t c) { return c >= 0x300 && in_ranges(u::kNonspacingMark, c); }),
+                               [](char32_t c) { return c >= 0x300 && in_ranges(u::kStrippedMark, c); }),
                 out.end());
     }
   }
@@ -262,6 +272,27 @@ void WordPieceTokenizer::word_pieces(const std::string& word, const std::vector<
 }
 
 void WordPieceTokenizer::tokenize(std::string_view utf8, std::vector<int64_t>& out) const {
+  size_t pos = 0;
+  while (!added_.empty()) {  // the leftmost added token (the longest among equals), then the text before it
+    size_t at = std::string_view::npos, len = 0;
+    int64_t id = -1;
+    for (const auto& [token, token_id] : added_) {
+      const size_t f = utf8.find(token, pos);
+      if (f < at || (f == at && f != std::string_view::npos && token.size() > len)) {
+        at = f;
+        len = token.size();
+        id = token_id;
+      }
+    }
+    if (at == std::string_view::npos) break;
+    tokenize_plain(utf8.substr(pos, at - pos), out);
+    out.push_back(id);
+    pos = at + len;
+  }
+  tokenize_plain(utf8.substr(pos), out);
+}
+
+void WordPieceTokenizer::tokenize_plain(std::string_view utf8, std::vector<int64_t>& out) const {
   std::u32string text, norm;
   decode_utf8(utf8, text);
   normalize(text, norm);
@@ -295,15 +326,15 @@ EncodedBatch WordPieceTokenizer::encode_batch(const std::vector<std::string_view
   std::vector<std::vector<int64_t>> ids(static_cast<size_t>(n)), types(static_cast<size_t>(n));
   std::vector<std::string> errors(static_cast<size_t>(n));
   const int64_t specials = options.add_special_tokens ? (second ? 3 : 2) : 0;
-#pragma omp parallel for schedule(dynamic, 16) num_threads(num_threads)
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for(int(n), num_threads, [&](int item) {
+    const int64_t i = item;
     try {
       std::vector<int64_t> a, b;
       tokenize(first[size_t(i)], a);
       if (second) tokenize((*second)[size_t(i)], b);
-      if (options.truncation != Truncation::None && options.max_length >= 0)
-        truncate_pair(options.truncation, std::max<int64_t>(0, options.max_length - specials), a,
-                      second ? &b : nullptr);
+      // as HF tokenizers: a max_length below the special tokens truncates nothing
+      if (options.truncation != Truncation::None && options.max_length >= specials)
+        truncate_pair(options.truncation, options.max_length - specials, a, second ? &b : nullptr);
       std::vector<int64_t>& out = ids[size_t(i)];
       std::vector<int64_t>& type = types[size_t(i)];
       out.reserve(a.size() + b.size() + size_t(specials));
@@ -319,7 +350,7 @@ EncodedBatch WordPieceTokenizer::encode_batch(const std::vector<std::string_view
     } catch (const std::exception& e) {
       errors[size_t(i)] = e.what();
     }
-  }
+  });
   for (int64_t i = 0; i < n; ++i)
     if (!errors[size_t(i)].empty()) throw TextError("item " + std::to_string(i) + ": " + errors[size_t(i)]);
   EncodedBatch out;

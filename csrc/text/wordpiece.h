@@ -41,9 +41,10 @@ struct EncodedBatch {
 
 class WordPieceTokenizer {
  public:
-  // vocab[i] is the token of id i; continuation tokens start with "##".
+  // vocab[i] is the token of id i; continuation tokens start with "##". added_tokens
+  // (e.g. "[MASK]") are matched in the raw text before anything else, as HF does.
   WordPieceTokenizer(const std::vector<std::string>& vocab, NormalizerOptions options,
-                     int max_input_chars_per_word = 100);
+                     int max_input_chars_per_word = 100, const std::vector<std::string>& added_tokens = {});
 
   int64_t id_of(std::string_view token) const;  // -1 when absent
   // The word-piece ids of one text (no special tokens).
@@ -61,6 +62,7 @@ class WordPieceTokenizer {
   using Vocab = std::unordered_map<std::string, int64_t, Hash, std::equal_to<>>;
 
   void normalize(std::u32string_view text, std::u32string& out) const;
+  void tokenize_plain(std::string_view utf8, std::vector<int64_t>& out) const;
   void word_pieces(const std::string& word, const std::vector<uint32_t>& char_ends,
                    std::vector<int64_t>& out) const;
 
@@ -69,6 +71,7 @@ class WordPieceTokenizer {
   NormalizerOptions options_;
   int max_chars_;
   int64_t unk_ = -1, cls_ = -1, sep_ = -1;
+  std::vector<std::pair<std::string, int64_t>> added_;
 };
 
 }  // namespace fastloader

@@ -114,14 +114,17 @@ class PackCollator(_PaddingStats):
     layout of variable-length attention kernels) and `sequence_index` (the sample each
     packed sequence came from). Other per-token values (`token_type_ids`, `labels`) are
     packed alongside (0, or -100 for labels, on padding); per-sequence values (a class
-    label) are collated in packed order."""
+    label) are collated in packed order. `token_keys` names the keys that may hold per-token
+    values (packed when their length matches the ids)."""
 
-    def __init__(self, max_tokens: int, pad_token_id: int = 0) -> None:
+    def __init__(self, max_tokens: int, pad_token_id: int = 0,
+                 token_keys: Sequence[str] = ("token_type_ids", "labels")) -> None:
         super().__init__()
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
         self.max_tokens = max_tokens
         self.pad_token_id = pad_token_id
+        self.token_keys = tuple(token_keys)
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
         ids = [_as_ids(s) for s in samples]
@@ -137,8 +140,11 @@ class PackCollator(_PaddingStats):
         position_ids = torch.zeros((n_rows, width), dtype=torch.int64)
         sequence_ids = torch.full((n_rows, width), -1, dtype=torch.int64)
         keys = [k for k in (samples[0] if samples else {}) if k != "input_ids"]
-        aligned = {k: torch.full((n_rows, width), IGNORE_INDEX if k == "labels" else 0, dtype=torch.int64)
-                   for k in keys if _token_aligned(samples, k, lengths.tolist())}
+        aligned = {}
+        for k in self.token_keys:
+            if k in keys and _token_aligned(samples, k, lengths.tolist()):
+                dtype = torch.as_tensor(samples[0][k]).dtype
+                aligned[k] = torch.full((n_rows, width), IGNORE_INDEX if k == "labels" else 0, dtype=dtype)
         fill = [0] * n_rows
         for packed, i in enumerate(order.tolist()):
             r, n, at = int(rows[i]), int(lengths[i]), fill[int(rows[i])]
@@ -146,7 +152,7 @@ class PackCollator(_PaddingStats):
             position_ids[r, at:at + n] = torch.arange(n)
             sequence_ids[r, at:at + n] = packed
             for k, values in aligned.items():
-                values[r, at:at + n] = torch.as_tensor(samples[i][k]).long()
+                values[r, at:at + n] = torch.as_tensor(samples[i][k])
             fill[r] += n
         packed_lengths = lengths[order]
         cu = torch.zeros(len(ids) + 1, dtype=torch.int32)

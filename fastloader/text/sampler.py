@@ -44,8 +44,13 @@ class LengthGroupedSampler(Sampler[int]):
             batches += list(torch.split(part, self.batch_size))
         if not batches:
             return iter(())
-        order = torch.randperm(len(batches), generator=g).tolist()
+        # full batches shuffled, the short one (if any) last, so batches stay aligned
+        full = [i for i, b in enumerate(batches) if len(b) == self.batch_size]
+        short = [i for i, b in enumerate(batches) if len(b) < self.batch_size]
+        order = [full[i] for i in torch.randperm(len(full), generator=g).tolist()] + short
         longest = int(torch.argmax(self.lengths))
-        first = next(i for i, b in enumerate(batches) if bool((b == longest).any()))
-        order.remove(first)
-        return iter(torch.cat([batches[i] for i in [first] + order]).tolist())
+        first = next(i for i in order if bool((batches[i] == longest).any()))
+        if first in full:  # the longest sample's batch first
+            order.remove(first)
+            order.insert(0, first)
+        return iter(torch.cat([batches[i] for i in order]).tolist())

@@ -26,7 +26,10 @@ def _read_vocab_txt(path: str) -> list[str]:
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise ValueError(f"{path}: line {line}: not UTF-8 ({e.reason})") from None
-    tokens = [t.rstrip("\n") for t in text.splitlines(keepends=True)]  # as HF's load_vocab
+    # as HF's load_vocab: universal newlines, one token per line
+    tokens = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if tokens and tokens[-1] == "":
+        tokens.pop()
     if not tokens:
         raise ValueError(f"{path}: the vocab is empty")
     return tokens
@@ -49,14 +52,39 @@ def _read_tokenizer_json(path: str) -> tuple[list[str], dict[str, Any]]:
         tokens[i] = token
     if model.get("continuing_subword_prefix", "##") != "##":
         raise ValueError(f"{path}: only the '##' continuation prefix is supported")
-    norm = spec.get("normalizer") or {}
-    options: dict[str, Any] = {"max_input_chars_per_word": model.get("max_input_chars_per_word", 100)}
-    if norm.get("type") == "BertNormalizer":
+    norm = spec.get("normalizer")
+    options: dict[str, Any] = {"max_input_chars_per_word": model.get("max_input_chars_per_word", 100),
+                               "added_tokens": [t["content"] for t in spec.get("added_tokens") or []]}
+    if norm is None:  # no normalizer: the text as it is
+        options.update(clean_text=False, tokenize_chinese_chars=False, strip_accents=False, do_lower_case=False)
+    elif norm.get("type") == "BertNormalizer":
         options.update(clean_text=norm.get("clean_text", True), tokenize_chinese_chars=norm.get("handle_chinese_chars", True),
                        strip_accents=norm.get("strip_accents"), do_lower_case=norm.get("lowercase", True))
-    elif norm:
+    else:
         raise ValueError(f"{path}: normalizer {norm.get('type')!r} is not the BERT one")
     return tokens, options
+
+
+def _read_tokenizer_config(directory: str) -> dict[str, Any]:
+    """The options HF's BertTokenizerFast takes from tokenizer_config.json."""
+    path = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            conf = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable tokenizer config: {e}") from None
+    found = {k: conf[k] for k in ("do_lower_case", "strip_accents", "tokenize_chinese_chars") if k in conf}
+    if isinstance(conf.get("model_max_length"), int) and conf["model_max_length"] < 1 << 40:
+        found["model_max_length"] = conf["model_max_length"]
+    return found
+
+
+def _truncation_code(truncation) -> int:
+    if truncation not in TRUNCATION:
+        raise ValueError(f"truncation must be one of {sorted(map(str, TRUNCATION))}, got {truncation!r}")
+    return TRUNCATION[truncation]
 
 
 class WordPieceTokenizer:
@@ -69,13 +97,17 @@ class WordPieceTokenizer:
     def __init__(self, vocab: Sequence[str], *, do_lower_case: bool = True, strip_accents: bool | None = None,
                  tokenize_chinese_chars: bool = True, clean_text: bool = True, max_input_chars_per_word: int = 100,
                  max_length: int | None = None, truncation: bool | str = False, add_special_tokens: bool = True,
-                 padding: bool | str = False, num_threads: int | None = None, source: str = "vocab") -> None:
-        missing = [t for t in SPECIAL_TOKENS if t not in set(vocab)]
+                 padding: bool | str = False, num_threads: int | None = None, model_max_length: int | None = None,
+                 added_tokens: Sequence[str] | None = None, source: str = "vocab") -> None:
+        present = set(vocab)
+        missing = [t for t in SPECIAL_TOKENS if t not in present]
         if missing:
             raise ValueError(f"{source}: the vocab has no {', '.join(missing)} token")
-        if truncation not in TRUNCATION:
-            raise ValueError(f"truncation must be one of {sorted(map(str, TRUNCATION))}, got {truncation!r}")
+        _truncation_code(truncation)
+        if added_tokens is None:  # BERT's special tokens, matched in the raw text as HF does
+            added_tokens = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t in present]
         self.vocab = list(vocab)
+        self.model_max_length = model_max_length
         self.do_lower_case = do_lower_case
         self.strip_accents = do_lower_case if strip_accents is None else strip_accents
         self.tokenize_chinese_chars = tokenize_chinese_chars
@@ -85,7 +117,7 @@ class WordPieceTokenizer:
         self.padding = padding
         self.num_threads = num_threads
         self._impl = _C.WordPieceTokenizer(self.vocab, clean_text, tokenize_chinese_chars, self.strip_accents,
-                                           do_lower_case, max_input_chars_per_word)
+                                           do_lower_case, max_input_chars_per_word, list(added_tokens))
         self.pad_token_id = self._impl.id_of("[PAD]")
         self.cls_token_id = self._impl.id_of("[CLS]")
         self.sep_token_id = self._impl.id_of("[SEP]")
@@ -96,23 +128,16 @@ class WordPieceTokenizer:
         """From a model directory (its tokenizer.json, else vocab.txt and
         tokenizer_config.json), a `vocab.txt` or a `tokenizer.json`; `options` override."""
         path = os.fspath(path)
-        found: dict[str, Any] = {}
+        config: dict[str, Any] = {}
         if os.path.isdir(path):
-            if os.path.exists(os.path.join(path, "tokenizer.json")):
-                return cls.from_pretrained(os.path.join(path, "tokenizer.json"), **options)
-            config = os.path.join(path, "tokenizer_config.json")
-            if os.path.exists(config):
-                with open(config, encoding="utf-8") as f:
-                    conf = json.load(f)
-                for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars"):
-                    if key in conf:
-                        found[key] = conf[key]
-            path = os.path.join(path, "vocab.txt")
+            config = _read_tokenizer_config(path)
+            has_json = os.path.exists(os.path.join(path, "tokenizer.json"))
+            path = os.path.join(path, "tokenizer.json" if has_json else "vocab.txt")
         if path.endswith(".json"):
             vocab, found = _read_tokenizer_json(path)
         else:
-            vocab = _read_vocab_txt(path)
-        return cls(vocab, **{**found, **options, "source": path})
+            vocab, found = _read_vocab_txt(path), {}
+        return cls(vocab, **{**found, **config, **options, "source": path})
 
     def _threads(self) -> int:
         return self.num_threads or torch.get_num_threads()
@@ -127,13 +152,14 @@ class WordPieceTokenizer:
         padding = self.padding if padding is None else padding
         max_length = self.max_length if max_length is None else max_length
         truncation = self.truncation if truncation is None else truncation
-        if truncation not in TRUNCATION:
-            raise ValueError(f"truncation must be one of {sorted(map(str, TRUNCATION))}, got {truncation!r}")
+        code = _truncation_code(truncation)
+        if code and max_length is None:  # as HF: truncation alone cuts to the model's length
+            max_length = self.model_max_length
         if isinstance(texts, (str, bytes)):
             raise TypeError("encode_batch takes a list of texts; use encode() for one")
         ids, types, offsets = self._impl.encode_batch(
             list(texts), None if text_pairs is None else list(text_pairs), self.add_special_tokens,
-            -1 if max_length is None else int(max_length), TRUNCATION[truncation], self._threads())
+            -1 if max_length is None else int(max_length), code, self._threads())
         if not padding:
             return {"input_ids": ids, "token_type_ids": types, "attention_mask": torch.ones_like(ids),
                     "offsets": offsets}

@@ -131,3 +131,21 @@ def test_text_benchmark_checks_identity_and_reports_padding(capsys):
     out = capsys.readouterr().out
     assert rows[0]["identical"] and rows[0]["ratio"] > 0
     assert "packed into 128" in out and "buckets 32/64/128" in out
+
+
+def test_sampler_keeps_batches_aligned_with_a_short_last_one():
+    lengths = list(range(70))
+    order = list(LengthGroupedSampler(lengths, batch_size=32, window=64, seed=4))
+    batches = [order[i:i + 32] for i in range(0, 70, 32)]
+    assert [len(b) for b in batches] == [32, 32, 6]  # the short batch last: the others stay aligned
+    for b in batches:  # each a slice of a window sorted longest first
+        assert [lengths[j] for j in b] == sorted((lengths[j] for j in b), reverse=True)
+    a, b = batches[0], batches[1]  # the two halves of one sorted window
+    assert min(lengths[j] for j in a) > max(lengths[j] for j in b) or min(lengths[j] for j in b) > max(lengths[j] for j in a)
+
+
+def test_pack_keeps_value_types():
+    out = PackCollator(max_tokens=4)([{"input_ids": [1, 2], "id": "a", "labels": [0.5, 2.5]},
+                                      {"input_ids": [3], "id": "b", "labels": [1.5]}])
+    assert out["id"] == ["a", "b"] and out["labels"].dtype == torch.float32
+    assert out["labels"][0, :3].tolist() == [0.5, 2.5, 1.5]

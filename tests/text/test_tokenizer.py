@@ -129,3 +129,62 @@ def test_bad_input_names_the_item_or_file(tmp_path):
         WordPieceTokenizer.from_pretrained(js)
     with pytest.raises(ValueError, match="truncation must be"):
         tok.encode_batch(["x"], truncation="sideways")
+
+
+def test_every_code_point_between_letters_as_hf():
+    texts = [f"a{chr(cp)}b" for cp in range(1, 0x30000) if not 0xD800 <= cp <= 0xDFFF]
+    texts += [f"A{chr(cp)}\u0301X" for cp in range(0x80, 0x3000)]  # next to a combining mark
+    for options in ({}, {"do_lower_case": False}):
+        ours = _ragged(WordPieceTokenizer.from_pretrained(MODEL_DIR, **options).encode_batch(texts))
+        ref = with_warnings_quiet(_hf(**options))(texts)["input_ids"]
+        bad = [(hex(ord(t[1])), a, b) for t, a, b in zip(texts, ours, ref) if a != b]
+        assert not bad, bad[:10]
+
+
+def test_special_tokens_in_the_text_as_hf():
+    texts = ["hello [MASK] world", "[CLS] x [SEP]", "a[SEP]b[PAD]", "[mask] is not special", "[UNK][UNK]",
+             "[MASK", "x [SEP][SEP] y"]
+    ours = WordPieceTokenizer.from_pretrained(MODEL_DIR)
+    assert _ragged(ours.encode_batch(texts)) == with_warnings_quiet(_hf())(texts)["input_ids"]
+
+
+def test_vocab_quirks_as_hf(tmp_path):
+    from tokenizers import BertWordPieceTokenizer  # HF's own vocab.txt reader
+
+    base = open(os.path.join(MODEL_DIR, "vocab.txt"), encoding="utf-8").read().split("\n")[:-1]
+    dup = tmp_path / "dup.txt"
+    dup.write_text("\n".join(base[:2000] + ["quick", "the"] + base[2000:]) + "\n", encoding="utf-8")
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(("\r\n".join(base) + "\r\n").encode("utf-8"))
+    texts = ["the quick brown fox", "quick the"]
+    for path in (dup, crlf):
+        ours = _ragged(WordPieceTokenizer.from_pretrained(path).encode_batch(texts))
+        ref = BertWordPieceTokenizer(str(path), lowercase=True)
+        assert ours == [e.ids for e in ref.encode_batch(texts)], path
+
+
+@pytest.mark.parametrize("truncation", [True, "only_first", "only_second"])
+@pytest.mark.parametrize("max_length", [0, 1, 2, 3, 4])
+def test_tiny_max_lengths_as_hf(truncation, max_length):
+    ours, ref = WordPieceTokenizer.from_pretrained(MODEL_DIR), _hf()
+    for pair in (None, "second text here"):
+        if pair is None and truncation == "only_second":
+            continue
+
+        def outcome(fn):
+            try:
+                return fn()
+            except Exception:  # both must refuse the same requests
+                return "refused"
+
+        got = outcome(lambda: ours.encode("a first text", pair, truncation=truncation, max_length=max_length)
+                      ["input_ids"].tolist())
+        want = outcome(lambda: with_warnings_quiet(ref)("a first text", pair, truncation=truncation,
+                                                        max_length=max_length)["input_ids"])
+        assert got == want, (pair, got, want)
+
+
+def test_truncation_without_max_length_uses_the_model_length(corpora):
+    text = " ".join(corpora["bbc"][:3])
+    got = WordPieceTokenizer.from_pretrained(MODEL_DIR).encode(text, truncation=True)["input_ids"].tolist()
+    assert got == with_warnings_quiet(_hf())(text, truncation=True)["input_ids"] and len(got) == 512
