@@ -15,14 +15,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import torch
 import torch.utils.data as tud
+
+from ._fresh import medians, run_fresh
 
 DATASETS = ("tensors", "images")
 
@@ -146,13 +146,6 @@ def measure(impl: str, dataset: str, num_workers: int, ttfb_repeats: int) -> dic
     }
 
 
-def _run_fresh(impl: str, dataset: str, num_workers: int, ttfb_repeats: int) -> dict:
-    cmd = [sys.executable, "-m", "fastloader.bench.loader", "--one", impl, dataset, str(num_workers),
-           str(ttfb_repeats)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def run(repeats: int = 3, ttfb_repeats: int = 5, datasets=DATASETS, workers=(0, 2)) -> list[dict]:
     print(f"torch {torch.__version__}, {os.cpu_count()} cores; medians of {repeats} fresh-process runs each")
     header = (f"{'dataset':8} {'workers':>7} | {'torch b/s':>9} {'fl b/s':>9} {'ratio':>6} | "
@@ -166,8 +159,8 @@ def run(repeats: int = 3, ttfb_repeats: int = 5, datasets=DATASETS, workers=(0, 
             runs: dict[str, list[dict]] = {"torch": [], "fastloader": []}
             for _ in range(repeats):
                 for impl in ("torch", "fastloader"):
-                    runs[impl].append(_run_fresh(impl, dataset, nw, ttfb_repeats))
-            med = {impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for impl, rs in runs.items()}
+                    runs[impl].append(run_fresh("fastloader.bench.loader", impl, dataset, nw, ttfb_repeats))
+            med = {impl: medians(rs) for impl, rs in runs.items()}
             t, f = med["torch"], med["fastloader"]
             row = {
                 "dataset": dataset, "num_workers": nw, "torch": t, "fastloader": f,

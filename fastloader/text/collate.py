@@ -29,6 +29,18 @@ def _token_aligned(samples: list[dict], key: str, lengths: list[int]) -> bool:
     return all(torch.as_tensor(s[key]).dim() == 1 and len(s[key]) == n for s, n in zip(samples, lengths))
 
 
+def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, width) bool: True on the first lengths[i] places of row i."""
+    return torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def scatter_padded(flat: torch.Tensor, mask: torch.Tensor, fill: int) -> torch.Tensor:
+    """The ragged values `flat` laid into the True places of `mask`, `fill` elsewhere."""
+    out = torch.full(mask.shape, fill, dtype=flat.dtype)
+    out[mask] = flat
+    return out
+
+
 class _PaddingStats:
     def __init__(self) -> None:
         self.tokens = 0
@@ -86,19 +98,13 @@ class PadCollator(_PaddingStats):
         lengths = [len(x) for x in ids]
         width = self._width(max(lengths, default=0))
         n = len(ids)
-        out: dict[str, Any] = {}
-        lens = torch.tensor(lengths, dtype=torch.int64)
-        mask = torch.arange(width).unsqueeze(0) < lens.unsqueeze(1)
+        mask = padding_mask(torch.tensor(lengths, dtype=torch.int64), width)
         flat = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64)
-        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.int64)
-        input_ids[mask] = flat
-        out["input_ids"] = input_ids
-        out["attention_mask"] = mask.long()
+        out: dict[str, Any] = {"input_ids": scatter_padded(flat, mask, self.pad_token_id),
+                               "attention_mask": mask.long()}
         for key, fill in (("token_type_ids", 0), ("labels", IGNORE_INDEX)):
             if samples and key in samples[0] and _token_aligned(samples, key, lengths):
-                values = torch.full((n, width), fill, dtype=torch.int64)
-                values[mask] = torch.cat([torch.as_tensor(s[key]).long() for s in samples])
-                out[key] = values
+                out[key] = scatter_padded(torch.cat([torch.as_tensor(s[key]).long() for s in samples]), mask, fill)
         rest = [k for k in (samples[0] if samples else {}) if k not in out]
         if rest:
             out.update(default_collate([{k: s[k] for k in rest} for s in samples]))

