@@ -23,7 +23,7 @@ from torch.utils.data.dataloader import _DatasetKind
 
 from ._worker_loop import WorkerSetup, _is_stateful
 from ._workers import ProcessPool, ThreadPool, WorkerDied
-from .sampling import batch_indices
+from .sampling import batch_indices, draws_only_torch_rng
 
 STATE_VERSION = 1
 
@@ -204,16 +204,26 @@ class LoaderIterator:
         self._active = [not w["exhausted"] for w in self._wstate]
         self._num_tasks = [0] * self._num_workers
         self._holding = isinstance(self._pool, ProcessPool) and not self._pool.procs
+        # Workers are forked within iter(), so all see the dataset as it is now, as in
+        # torch. Worker 0 is forked first and computes while the others are forked; on a
+        # machine with few cores the others would slow it down: they get their tasks
+        # once the first batch is in. When the sampler touches nothing a worker inherits
+        # (torch's defaults draw from torch generators, which workers reseed), its first
+        # indices are drawn before the fork: worker 0 finds its task waiting, and the
+        # draw does not pay for copy-on-write faults after the fork.
+        draw_first = not self._holding or draws_only_torch_rng(loader._index_sampler)
+        if draw_first:
+            self._put_prefetch()
         if self._holding:
-            # Worker 0 is at work while the sampler draws the first indices and the
-            # others are forked: all within iter(), so all see the dataset as it is now,
-            # as in torch. On a machine with few cores the others would slow worker 0
-            # down: they get their tasks once the first batch is in.
             self._pool.start(0)
-        for _ in range(self._prefetch * self._num_workers):
-            self._try_put_index()
+        if not draw_first:
+            self._put_prefetch()
         if self._holding:
             self._pool.start_all(hold=True)
+
+    def _put_prefetch(self) -> None:
+        for _ in range(self._prefetch * self._num_workers):
+            self._try_put_index()
 
     def _release_held(self) -> None:
         if self._holding:

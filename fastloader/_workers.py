@@ -22,7 +22,7 @@ import weakref
 import torch
 
 from . import _collate_hook, _worker_info
-from ._shm import MainSegments, WorkerArena
+from ._shm import MainSegments, WorkerArena, deal_spares, forget_spares_in_child
 from ._worker_loop import Worker, WorkerSetup
 
 _HEADER = struct.Struct("<QI")  # payload bytes, number of fds
@@ -76,13 +76,15 @@ def _recv(sock: socket.socket):
 
 
 # -- process workers ---------------------------------------------------------------------
-def _process_main(setup: WorkerSetup, sock: socket.socket) -> None:
+def _process_main(setup: WorkerSetup, sock: socket.socket, spares: list[tuple[int, int]]) -> None:
     for pool in list(_LIVE_POOLS):  # inherited through fork (empty when spawned)
-        pool._forget_in_child(keep=sock)
+        pool._forget_in_child(keep=sock, keep_spares=spares)
+    forget_spares_in_child()
     try:
         torch._C._set_worker_signal_handlers()
         torch.multiprocessing._set_thread_name("pt_data_worker")
         arena = WorkerArena(setup.worker_id)
+        arena.adopt(spares)
         _collate_hook.set_process_arena(arena)
         worker = Worker(setup, pack=arena.pack, release=arena.release, abandon=arena.abandon_batch)
         while True:
@@ -103,6 +105,12 @@ def _process_main(setup: WorkerSetup, sock: socket.socket) -> None:
                 _send(sock, reply)
     except (KeyboardInterrupt, BrokenPipeError, ConnectionResetError):
         pass
+
+
+def _close_spares(spares: list[tuple[int, int]]) -> None:
+    for fd, _ in spares:
+        os.close(fd)
+    spares.clear()
 
 
 def describe_exit(worker_id: int, proc) -> str:
@@ -132,6 +140,10 @@ class ProcessPool:
         self._freed: list[list[int]] = [[] for _ in setups]
         self._lock = threading.Lock()
         self.segments = [MainSegments(self._releaser(i)) for i in range(len(setups))]
+        # Segments earlier workers left, for these to write into: fds reach a worker only
+        # through fork.
+        forks = getattr(mp_context, "get_start_method", lambda: "fork")() == "fork"
+        self._spares = deal_spares(len(setups)) if forks else [[] for _ in setups]
         self._last_rng: list = [None] * len(setups)  # RNG states of each worker's last batch
         # Messages not yet written to a worker's socket: until it is forked, or while it
         # is held (forked but given no work, so it does not compete for the CPU).
@@ -155,11 +167,13 @@ class ProcessPool:
         if early:
             for msg in pending:
                 self.send(worker_id, msg)
+        spares, self._spares[worker_id] = self._spares[worker_id], []
         try:
-            p = self._ctx.Process(target=_process_main, args=(setup, child), daemon=True)
+            p = self._ctx.Process(target=_process_main, args=(setup, child, spares), daemon=True)
             p.start()
         finally:
             child.close()
+            _close_spares(spares)  # the worker has its own copies
         self.procs.append(p)
         if not early:
             for msg in pending:
@@ -167,13 +181,18 @@ class ProcessPool:
         self._selector.register(self.socks[worker_id], selectors.EVENT_READ, ("sock", worker_id))
         self._selector.register(p.sentinel, selectors.EVENT_READ, ("proc", worker_id))
 
-    def _forget_in_child(self, keep: socket.socket) -> None:
-        """In a forked worker: close this pool's sockets, never join its processes."""
+    def _forget_in_child(self, keep: socket.socket | None, keep_spares=()) -> None:
+        """In a forked worker: close this pool's sockets and fds, never join its processes."""
         self.closed = True
         for a, b in self._pairs:
             for s in (a, b):
                 if s is not keep:
                     s.close()
+        for spares in self._spares:
+            if spares is not keep_spares:
+                _close_spares(spares)
+        for segments in self.segments:
+            segments.close_fds()
 
     def start_all(self, hold: bool = False) -> None:
         for i in range(len(self._setups)):
@@ -299,12 +318,17 @@ class ProcessPool:
             if not self._started[i]:
                 child.close()
         self._selector.close()
+        for spares in self._spares:  # of workers never started
+            _close_spares(spares)
         for p in self.procs:
             p.join(timeout=2.0)
         for p in self.procs:
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=2.0)
+        ended = all(p.exitcode is not None for p in self.procs)
+        for segments in self.segments:
+            segments.retire() if ended else segments.close_fds()
 
 
 # -- thread workers ----------------------------------------------------------------------

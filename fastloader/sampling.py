@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import BatchSampler, RandomSampler
+from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 
 def _permutation_chunks(sampler: RandomSampler) -> Iterator[torch.Tensor]:
@@ -58,3 +59,13 @@ def batch_indices(index_sampler) -> Iterator:
         s = index_sampler
         return _batches(_permutation_chunks(s.sampler), s.batch_size, s.drop_last)
     return iter(index_sampler)
+
+
+def draws_only_torch_rng(index_sampler) -> bool:
+    """True for torch's default samplers: iterating them draws from torch generators only
+    (which each worker reseeds), so drawing before or after forking the workers leaves
+    the workers' state the same. A custom sampler might use numpy's or Python's global
+    RNG, which forked workers inherit."""
+    if type(index_sampler) is BatchSampler:
+        index_sampler = index_sampler.sampler
+    return type(index_sampler) in (RandomSampler, SequentialSampler, _InfiniteConstantSampler)
