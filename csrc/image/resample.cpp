@@ -176,7 +176,9 @@ struct alignas(32) TapPairs {
 
 static void build_pair_coeffs(const ResampleAxis& ax, std::vector<TapPairs>& pairs, int& pairs_per_x) {
   const int out_w = ax.out_count();
-  pairs_per_x = ax.ksize / 2;
+  // As many pairs as the widest output needs (ksize has room for a tap or two more).
+  const int max_taps = out_w ? *std::max_element(ax.taps.begin(), ax.taps.end()) : 0;
+  pairs_per_x = std::max(1, (max_taps + 1) / 2);
   pairs.resize(size_t(out_w / 2) * pairs_per_x);
   for (int x = 0; x + 1 < out_w; x += 2)
     for (int j = 0; j < pairs_per_x; ++j) {
@@ -186,19 +188,58 @@ static void build_pair_coeffs(const ResampleAxis& ax, std::vector<TapPairs>& pai
     }
 }
 
+// Two output pixels from kPairs tap pairs each; coefficients past a pixel's taps are 0.
+template <int kPairs>
 static inline void rgb_pixel_pair(const uint8_t* s0, const uint8_t* s1, const TapPairs* kk,
-                                  int taps, uint8_t* out) {
+                                  int pairs, uint8_t* out) {
   const __m256i shuffle = _mm256_broadcastsi128_si256(pair_channels());
   __m256i acc = _mm256_set1_epi32(kHalf);
-  for (int t = 0; t < taps; t += 2, s0 += 6, s1 += 6, ++kk) {
+  const int n = kPairs > 0 ? kPairs : pairs;
+  for (int j = 0; j < n; ++j) {
     const __m256i pix = _mm256_inserti128_si256(
-        _mm256_castsi128_si256(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s0))),
-        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s1)), 1);
-    const __m256i k = _mm256_load_si256(reinterpret_cast<const __m256i*>(kk->lanes));
+        _mm256_castsi128_si256(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s0 + 6 * j))),
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s1 + 6 * j)), 1);
+    const __m256i k = _mm256_load_si256(reinterpret_cast<const __m256i*>(kk[j].lanes));
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_shuffle_epi8(pix, shuffle), k));
   }
-  store_rgb(_mm256_castsi256_si128(acc), out);
-  store_rgb(_mm256_extracti128_si256(acc, 1), out + 3);
+  acc = _mm256_srai_epi32(acc, kPrecisionBits);
+  const __m256i words = _mm256_packs_epi32(acc, acc);  // per lane: pixel's 3 values, 0
+  const __m256i bytes = _mm256_packus_epi16(words, words);
+  // Bytes 0-2 of each lane are the pixels: write 8 bytes (6 used, 2 land on the next
+  // pixel, rewritten next, or in the spare bytes).
+  const uint64_t lo = uint32_t(_mm256_cvtsi256_si32(bytes));
+  const uint64_t hi = uint32_t(_mm_cvtsi128_si32(_mm256_extracti128_si256(bytes, 1)));
+  const uint64_t both = (lo & 0xFFFFFF) | ((hi & 0xFFFFFF) << 24);
+  std::memcpy(out, &both, 8);
+}
+
+// The RGB rows with every output pair using the axis's whole (zero-padded) kernel, so the
+// loop count is fixed: no branch misses on taps that vary by one from pixel to pixel.
+// Pixels whose kernel would read past the row's valid pixels take their exact taps.
+template <int kPairs>
+static void rgb_rows(const uint8_t* src, size_t src_stride, int rows, const ResampleAxis& ax,
+                     const TapPairs* pairs, int pairs_per_x, uint8_t* dst) {
+  const int out_w = ax.out_count();
+  const int* first = ax.first.data();
+  const int* taps = ax.taps.data();
+  const int limit = ax.src_hi - 2 * pairs_per_x;  // a whole kernel fits from first <= limit
+  for (int y = 0; y < rows; ++y) {
+    const uint8_t* in = src + size_t(y) * src_stride;
+    uint8_t* out = dst + size_t(y) * out_w * 3;
+    for (int x = 0; x + 1 < out_w; x += 2) {
+      const TapPairs* kk = pairs + size_t(x / 2) * pairs_per_x;
+      const uint8_t* s0 = in + size_t(first[x]) * 3;
+      const uint8_t* s1 = in + size_t(first[x + 1]) * 3;
+      if (first[x + 1] <= limit)
+        rgb_pixel_pair<kPairs>(s0, s1, kk, pairs_per_x, out + x * 3);
+      else
+        rgb_pixel_pair<0>(s0, s1, kk, (std::max(taps[x], taps[x + 1]) + 1) / 2, out + x * 3);
+    }
+    if (out_w % 2) {  // in row order: its spare byte lands on the next row's first pixel
+      const int x = out_w - 1;
+      rgb_pixel(in + size_t(first[x]) * 3, &ax.coeffs[size_t(x) * ax.ksize], taps[x], out + x * 3);
+    }
+  }
 }
 #endif
 
@@ -207,25 +248,27 @@ static void horizontal_pass(const uint8_t* src, size_t src_stride, int rows,
                             const ResampleAxis& ax, uint8_t* dst) {
   const int out_w = ax.out_count();
   const size_t ks = size_t(ax.ksize);
+  int x_done = 0;  // outputs already written in every row
 #if defined(__AVX2__)
-  thread_local std::vector<TapPairs> pairs;
-  int pairs_per_x = 0;
-  if constexpr (C == 3) build_pair_coeffs(ax, pairs, pairs_per_x);
+  if constexpr (C == 3) {
+    thread_local std::vector<TapPairs> pair_buffer;
+    int pairs_per_x = 0;
+    build_pair_coeffs(ax, pair_buffer, pairs_per_x);
+    const TapPairs* pairs = pair_buffer.data();
+    switch (pairs_per_x) {
+      case 1: rgb_rows<1>(src, src_stride, rows, ax, pairs, pairs_per_x, dst); break;
+      case 2: rgb_rows<2>(src, src_stride, rows, ax, pairs, pairs_per_x, dst); break;
+      case 3: rgb_rows<3>(src, src_stride, rows, ax, pairs, pairs_per_x, dst); break;
+      case 4: rgb_rows<4>(src, src_stride, rows, ax, pairs, pairs_per_x, dst); break;
+      default: rgb_rows<0>(src, src_stride, rows, ax, pairs, pairs_per_x, dst); break;
+    }
+    x_done = out_w;
+  }
 #endif
   for (int y = 0; y < rows; ++y) {
     const uint8_t* in = src + size_t(y) * src_stride;
     uint8_t* out = dst + size_t(y) * out_w * C;
-    int x = 0;
-#if defined(__AVX2__)
-    if constexpr (C == 3) {
-      for (; x + 1 < out_w; x += 2) {
-        const int taps = std::max(ax.taps[x], ax.taps[x + 1]);  // the shorter one has zeros
-        rgb_pixel_pair(in + size_t(ax.first[x]) * 3, in + size_t(ax.first[x + 1]) * 3,
-                       &pairs[size_t(x / 2) * pairs_per_x], taps, out + x * 3);
-      }
-    }
-#endif
-    for (; x < out_w; ++x) {
+    for (int x = x_done; x < out_w; ++x) {
       const uint8_t* s = in + size_t(ax.first[x]) * C;
       const int16_t* k = &ax.coeffs[x * ks];
       const int taps = ax.taps[x];

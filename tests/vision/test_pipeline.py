@@ -55,6 +55,18 @@ def test_resize_center_crop_matches_pil_within_one_level(images):
         assert np.abs(out.astype(int) - ref).max() <= 1, case.name
 
 
+@pytest.mark.parametrize("size", [(7, 5), (33, 17), (300, 401)])
+def test_odd_and_extreme_output_sizes_match_pil_within_one_level(images, size):
+    """Odd widths (the last pixel of each row takes its own path), a downscale so large
+    that the whole row is one kernel, and an upscale."""
+    pipe = ImagePipeline([Resize(size)], layout="NHWC", dct_scaling=False, fast_idct=False)
+    batch = pipe([c.data for c in images]).numpy()
+    for case, out in zip(images, batch):
+        with Image.open(io.BytesIO(case.data)) as img:
+            ref = np.asarray(img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR))
+        assert np.abs(out.astype(int) - ref).max() <= 1, case.name
+
+
 def test_random_resized_crop_matches_pil_crop_and_resize(images):
     datas = [c.data for c in images]
     pipe = ImagePipeline([RandomResizedCrop(96), RandomHorizontalFlip()], layout="NHWC", dct_scaling=False, fast_idct=False)
@@ -106,6 +118,23 @@ def test_float_output_matches_torch_ops_on_the_uint8_result(images):
         assert low.dtype == dtype and torch.equal(low, ref.to(dtype))
     unscaled = ImagePipeline(ops + [ToDtype(torch.float32)])(datas)
     assert torch.equal(unscaled, u8.to(torch.float32))
+
+
+@pytest.mark.parametrize("width", [128, 131])
+def test_float_output_with_flips_any_width_and_unaligned_out(images, width):
+    """The float write path (8 pixels at a time, a tail, streamed stores only where
+    aligned): flipped and unflipped samples, into a batch tensor at an odd address."""
+    datas = [c.data for c in images[:12]]
+    ops = [RandomResizedCrop((96, width)), RandomHorizontalFlip()]
+    u8 = ImagePipeline(ops, generator=torch.Generator().manual_seed(5))(datas)
+    ref = (u8.to(torch.float32) / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    pipe = ImagePipeline(ops + [ToDtype(torch.float32, scale=True), Normalize(MEAN, STD)],
+                         generator=torch.Generator().manual_seed(5))
+    out = torch.empty(ref.numel() + 1)[1:].view(ref.shape)
+    assert out.data_ptr() % 32
+    assert pipe(datas, out=out) is out and torch.equal(out, ref)
+    pipe.generator.manual_seed(5)
+    assert torch.equal(pipe(datas), ref)
 
 
 def test_layouts_and_flip(images):
