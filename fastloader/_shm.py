@@ -130,6 +130,7 @@ class WorkerArena:
     worker_id: int
     segments: dict[int, _Segment] = field(default_factory=dict)
     _touched: list[int] = field(default_factory=list)
+    _with_tensors: set[int] = field(default_factory=set)  # segments of this batch holding tensors
     _next_id: int = 0
 
     def adopt(self, spares: list[tuple[int, int]]) -> None:
@@ -203,6 +204,7 @@ class WorkerArena:
             numel *= s
         itemsize = dtype.itemsize
         seg, offset = self.alloc(max(numel, 1) * itemsize)
+        self._with_tensors.add(seg.id)
         self._populate(seg, offset, numel * itemsize)
         start = offset // itemsize
         return seg.bytes.view(dtype)[start : start + numel].view(size)
@@ -226,6 +228,7 @@ class WorkerArena:
         """Frees what a failed batch had taken."""
         self.release(self._touched)
         self._touched = []
+        self._with_tensors.clear()
 
     def _find(self, t: torch.Tensor) -> _Segment | None:
         ptr = t.untyped_storage().data_ptr()
@@ -246,14 +249,20 @@ class WorkerArena:
             self.abandon_batch()
             raise
         used, self._touched = self._touched, []
+        with_tensors, self._with_tensors = self._with_tensors, set()
         new = []
         for sid in used:
             seg = self.segments[sid]
-            # The pages stay in the segment for the main process to read; this worker
-            # drops its mapping of them, as torch's worker drops its fresh shm per batch
+            # The pages stay in the segment for the main process to read. Where tensors
+            # live, which the main process maps for as long as the batch lives, this
+            # worker drops its mapping, as torch's worker drops its fresh shm per batch
             # (keeping them mapped is ~15% faster on 10 MB batches, but each page would
-            # then count twice in the processes' RSS).
-            seg.mm.madvise(mmap.MADV_DONTNEED, 0, _round_up(seg.used, mmap.PAGESIZE))
+            # then count twice in the processes' RSS). Bytes are copied out and their
+            # pages unmapped by the main process at once: the worker keeps those mapped,
+            # and so does not pay to map them again for every batch (~1 us a page on a
+            # VM; large shard samples read ~1.5x faster).
+            if sid in with_tensors:
+                seg.mm.madvise(mmap.MADV_DONTNEED, 0, _round_up(seg.used, mmap.PAGESIZE))
             if not seg.sent:
                 seg.sent = True
                 new.append((sid, seg.fd))
@@ -406,4 +415,4 @@ class _ArenaUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):  # large bytes: a copy, so the segment goes back at once
         _, sid, offset, n = pid
         _advise(self.maps[sid], _MADV_POPULATE_READ, offset, n, 0)
-        return self.leases[sid][offset:offset + n].numpy().tobytes()
+        return self.maps[sid][offset:offset + n]  # slicing an mmap copies into a new bytes
