@@ -110,20 +110,38 @@ static void vertical_pass(const uint8_t* src, size_t src_stride, size_t row_elem
     uint8_t* out = dst + size_t(y) * row_elems;
     size_t done = 0;
 #if defined(__AVX2__)
-    // Two taps per pmaddwd, 16 bytes at a time. An odd last tap pairs with the zero
-    // coefficient past it, times its own row again: no row past the taps is read.
-    for (; done + 16 <= row_elems; done += 16) {
-      __m256i lo = _mm256_set1_epi32(kHalf), hi = lo;
-      for (int t = 0; t < taps; t += 2) {
-        const uint8_t* a = rows + size_t(t) * src_stride + done;
-        madd_rows(a, t + 1 < taps ? a + src_stride : a, _mm256_set1_epi32(tap_pair(k, t)), lo, hi);
+    // Two taps per pmaddwd. An odd last tap pairs with the zero coefficient past it,
+    // times its own row again: no row past the taps is read. The pairs' coefficients
+    // and rows are set up once per output row (the byte stores below may alias
+    // anything, so the compiler would reload them in the loop).
+    constexpr int kMaxPairs = 8;
+    const int pairs = (taps + 1) / 2;
+    if (pairs <= kMaxPairs) {
+      __m256i kk[kMaxPairs];
+      const uint8_t* ra[kMaxPairs];
+      const uint8_t* rb[kMaxPairs];
+      for (int j = 0; j < pairs; ++j) {
+        kk[j] = _mm256_set1_epi32(tap_pair(k, 2 * j));
+        ra[j] = rows + size_t(2 * j) * src_stride;
+        rb[j] = 2 * j + 1 < taps ? ra[j] + src_stride : ra[j];
       }
-      lo = _mm256_srai_epi32(lo, kPrecisionBits);
-      hi = _mm256_srai_epi32(hi, kPrecisionBits);
-      const __m256i words = _mm256_packs_epi32(lo, hi);  // back in element order per lane
-      const __m256i bytes = _mm256_packus_epi16(words, words);
-      const __m256i ordered = _mm256_permute4x64_epi64(bytes, 0x08);  // qwords 0 and 2
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + done), _mm256_castsi256_si128(ordered));
+      auto sum16 = [&](size_t at) {  // 16 output bytes at offset `at`
+        __m256i lo = _mm256_set1_epi32(kHalf), hi = lo;
+        for (int j = 0; j < pairs; ++j) madd_rows(ra[j] + at, rb[j] + at, kk[j], lo, hi);
+        lo = _mm256_srai_epi32(lo, kPrecisionBits);
+        hi = _mm256_srai_epi32(hi, kPrecisionBits);
+        return _mm256_packs_epi32(lo, hi);  // 16 words, in element order per lane
+      };
+      for (; done + 32 <= row_elems; done += 32) {
+        const __m256i bytes = _mm256_packus_epi16(sum16(done), sum16(done + 16));
+        // lanes hold (elements 0-7, 16-23 | 8-15, 24-31): put the qwords back in order
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + done), _mm256_permute4x64_epi64(bytes, 0xD8));
+      }
+      for (; done + 16 <= row_elems; done += 16) {
+        const __m256i w = sum16(done);
+        const __m256i bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(w, w), 0x08);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + done), _mm256_castsi256_si128(bytes));
+      }
     }
 #endif
     for (size_t i0 = done; i0 < row_elems; i0 += kChunk) {
