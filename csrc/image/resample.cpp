@@ -206,10 +206,11 @@ static void build_pair_coeffs(const ResampleAxis& ax, std::vector<TapPairs>& pai
     }
 }
 
-// Two output pixels from kPairs tap pairs each; coefficients past a pixel's taps are 0.
+// The sums of output pixels x (low lane) and x + 1 (high lane) over kPairs tap pairs
+// (`pairs` when kPairs is 0), shifted back to pixel values: per lane c0, c1, c2, 0.
 template <int kPairs>
-static inline void rgb_pixel_pair(const uint8_t* s0, const uint8_t* s1, const TapPairs* kk,
-                                  int pairs, uint8_t* out) {
+static inline __m256i rgb_pair_sums(const uint8_t* s0, const uint8_t* s1, const TapPairs* kk,
+                                    int pairs) {
   const __m256i shuffle = _mm256_broadcastsi128_si256(pair_channels());
   __m256i acc = _mm256_set1_epi32(kHalf);
   const int n = kPairs > 0 ? kPairs : pairs;
@@ -220,20 +221,34 @@ static inline void rgb_pixel_pair(const uint8_t* s0, const uint8_t* s1, const Ta
     const __m256i k = _mm256_load_si256(reinterpret_cast<const __m256i*>(kk[j].lanes));
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_shuffle_epi8(pix, shuffle), k));
   }
-  acc = _mm256_srai_epi32(acc, kPrecisionBits);
-  const __m256i words = _mm256_packs_epi32(acc, acc);  // per lane: pixel's 3 values, 0
+  return _mm256_srai_epi32(acc, kPrecisionBits);
+}
+
+// Writes 8 bytes: pixels x and x + 1, then 2 bytes that the next pixel rewrites (or spare).
+static inline void store_pair(__m256i sums, uint8_t* out) {
+  const __m256i words = _mm256_packs_epi32(sums, sums);
   const __m256i bytes = _mm256_packus_epi16(words, words);
-  // Bytes 0-2 of each lane are the pixels: write 8 bytes (6 used, 2 land on the next
-  // pixel, rewritten next, or in the spare bytes).
   const uint64_t lo = uint32_t(_mm256_cvtsi256_si32(bytes));
   const uint64_t hi = uint32_t(_mm_cvtsi128_si32(_mm256_extracti128_si256(bytes, 1)));
   const uint64_t both = (lo & 0xFFFFFF) | ((hi & 0xFFFFFF) << 24);
   std::memcpy(out, &both, 8);
 }
 
-// The RGB rows with every output pair using the axis's whole (zero-padded) kernel, so the
-// loop count is fixed: no branch misses on taps that vary by one from pixel to pixel.
-// Pixels whose kernel would read past the row's valid pixels take their exact taps.
+// Writes 16 bytes: pixels x .. x + 3 from two pairs' sums, then 4 bytes rewritten later.
+static inline void store_quad(__m256i sums01, __m256i sums23, uint8_t* out) {
+  const __m256i words = _mm256_packs_epi32(sums01, sums23);  // lanes: (p0, p2 | p1, p3)
+  const __m256i bytes = _mm256_packus_epi16(words, words);   // dwords 0, 1 | 4, 5
+  const __m256i order = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0));
+  const __m128i packed = _mm_shuffle_epi8(
+      _mm256_castsi256_si128(order), _mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packed);
+}
+
+// The RGB rows with every output using the axis's widest kernel (zero-padded), so loop
+// counts are fixed: no branch misses on taps that vary by one from pixel to pixel.
+// Outputs whose kernel would read past the row's valid pixels take their exact taps.
+// Within a row, pixels are written left to right (each store's spare bytes land on the
+// next pixel, written after it).
 template <int kPairs>
 static void rgb_rows(const uint8_t* src, size_t src_stride, int rows, const ResampleAxis& ax,
                      const TapPairs* pairs, int pairs_per_x, uint8_t* dst) {
@@ -241,22 +256,33 @@ static void rgb_rows(const uint8_t* src, size_t src_stride, int rows, const Resa
   const int* first = ax.first.data();
   const int* taps = ax.taps.data();
   const int limit = ax.src_hi - 2 * pairs_per_x;  // a whole kernel fits from first <= limit
+  int quads = 0;  // outputs [0, quads) go four at a time
+  while (quads + 3 < out_w &&
+         std::max(std::max(first[quads], first[quads + 1]), std::max(first[quads + 2], first[quads + 3])) <= limit)
+    quads += 4;
   for (int y = 0; y < rows; ++y) {
     const uint8_t* in = src + size_t(y) * src_stride;
     uint8_t* out = dst + size_t(y) * out_w * 3;
-    for (int x = 0; x + 1 < out_w; x += 2) {
+    int x = 0;
+    for (; x < quads; x += 4) {
+      const TapPairs* kk = pairs + size_t(x / 2) * pairs_per_x;
+      const __m256i s01 = rgb_pair_sums<kPairs>(in + size_t(first[x]) * 3, in + size_t(first[x + 1]) * 3,
+                                                kk, pairs_per_x);
+      const __m256i s23 = rgb_pair_sums<kPairs>(in + size_t(first[x + 2]) * 3, in + size_t(first[x + 3]) * 3,
+                                                kk + pairs_per_x, pairs_per_x);
+      store_quad(s01, s23, out + x * 3);
+    }
+    for (; x + 1 < out_w; x += 2) {
       const TapPairs* kk = pairs + size_t(x / 2) * pairs_per_x;
       const uint8_t* s0 = in + size_t(first[x]) * 3;
       const uint8_t* s1 = in + size_t(first[x + 1]) * 3;
-      if (first[x + 1] <= limit)
-        rgb_pixel_pair<kPairs>(s0, s1, kk, pairs_per_x, out + x * 3);
+      if (std::max(first[x], first[x + 1]) <= limit)
+        store_pair(rgb_pair_sums<kPairs>(s0, s1, kk, pairs_per_x), out + x * 3);
       else
-        rgb_pixel_pair<0>(s0, s1, kk, (std::max(taps[x], taps[x + 1]) + 1) / 2, out + x * 3);
+        store_pair(rgb_pair_sums<0>(s0, s1, kk, (std::max(taps[x], taps[x + 1]) + 1) / 2), out + x * 3);
     }
-    if (out_w % 2) {  // in row order: its spare byte lands on the next row's first pixel
-      const int x = out_w - 1;
+    if (x < out_w)  // odd width: the last pixel alone
       rgb_pixel(in + size_t(first[x]) * 3, &ax.coeffs[size_t(x) * ax.ksize], taps[x], out + x * 3);
-    }
   }
 }
 #endif
