@@ -23,7 +23,7 @@ from torch.utils.data.dataloader import _DatasetKind
 
 from ._worker_loop import WorkerSetup, _is_stateful
 from ._workers import ProcessPool, ThreadPool, WorkerDied
-from .sampling import batch_indices, draws_only_torch_rng
+from .sampling import batch_indices, safe_to_draw_before_fork
 
 STATE_VERSION = 1
 
@@ -207,19 +207,20 @@ class LoaderIterator:
         # Workers are forked within iter(), so all see the dataset as it is now, as in
         # torch. Worker 0 is forked first and computes while the others are forked; on a
         # machine with few cores the others would slow it down: they get their tasks
-        # once the first batch is in. When the sampler touches nothing a worker inherits
-        # (torch's defaults draw from torch generators, which workers reseed), its first
-        # indices are drawn before the fork: worker 0 finds its task waiting, and the
-        # draw does not pay for copy-on-write faults after the fork.
-        draw_first = not self._holding or draws_only_torch_rng(loader._index_sampler)
+        # once the first batch is in. When drawing cannot change what a worker sees
+        # (torch's shuffling default), the first indices are drawn before the fork:
+        # worker 0 finds its task waiting, and the permutation is not built under
+        # copy-on-write faults after the fork.
+        # Otherwise every worker is forked before the sampler draws, as in torch (a
+        # generator the sampler shares with the dataset is then where torch leaves it).
+        draw_first = not self._holding or safe_to_draw_before_fork(loader._index_sampler)
         if draw_first:
             self._put_prefetch()
         if self._holding:
             self._pool.start(0)
+            self._pool.start_all(hold=True)
         if not draw_first:
             self._put_prefetch()
-        if self._holding:
-            self._pool.start_all(hold=True)
 
     def _put_prefetch(self) -> None:
         for _ in range(self._prefetch * self._num_workers):

@@ -48,9 +48,10 @@ def _advise(mm: mmap.mmap, advice: int, start: int, nbytes: int, minimum: int) -
             pass
 
 
-SPARE_CAP = 256 << 20
+SPARE_CAP = int(os.environ.get("FASTLOADER_KEEP_SHM_MB", "256")) << 20
 _spares: list[tuple[int, int]] = []  # (fd, size) of segments no process writes any more
 _spares_lock = threading.Lock()
+_all_main_segments: weakref.WeakSet = weakref.WeakSet()
 
 
 def keep_spare(fd: int, size: int) -> None:
@@ -62,19 +63,35 @@ def keep_spare(fd: int, size: int) -> None:
     os.close(fd)
 
 
-def forget_spares_in_child() -> None:
-    """In a forked worker: close the inherited copies of the kept segments."""
-    for fd, _ in _spares:
-        os.close(fd)
-    _spares.clear()
-
-
 def deal_spares(num_workers: int) -> list[list[tuple[int, int]]]:
     """Takes every kept segment and deals them out, largest first, one list per worker."""
     with _spares_lock:
         taken = sorted(_spares, key=lambda s: -s[1])
         _spares.clear()
     return [taken[i::num_workers] for i in range(num_workers)]
+
+
+def _before_fork() -> None:
+    # A forked process may keep viewing any batch alive now (through the dataset, say):
+    # those segments must never be written again, so they are not kept for reuse.
+    for segments in list(_all_main_segments):
+        segments.taint_leased()
+
+
+def _after_fork_in_child() -> None:
+    # The segments kept and received belong to the parent: a child that reused them (a
+    # DataLoader of its own) would write into the parent's batches. Its copies of the
+    # fds are closed; the locks are new (another thread may have held them at the fork).
+    global _spares_lock
+    _spares_lock = threading.Lock()
+    for fd, _ in _spares:
+        os.close(fd)
+    _spares.clear()
+    for segments in list(_all_main_segments):
+        segments.forget_in_child()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 class SharedMemoryError(RuntimeError):
@@ -332,19 +349,24 @@ def _arena_tensor(sid, dtype, shape, stride, offset) -> torch.Tensor:
 class MainSegments:
     """Main side: the segments of one worker, mapped once; batches unpickled over them.
     Once the worker has ended (`retire`), each segment no tensor views any more is kept
-    as a spare for later workers."""
+    as a spare for later workers, unless a process was forked while a batch viewed it."""
 
     def __init__(self, on_release):
         self._arrays: dict[int, np.ndarray] = {}
         self._maps: dict[int, mmap.mmap] = {}
         self._fds: dict[int, int] = {}
         self._leases: dict[int, int] = {}  # batches (tensors) still viewing each segment
+        self._tainted: set[int] = set()  # viewed by a batch when some process was forked
         self._lock = threading.Lock()
         self._retired = False
+        self._keep_on_retire = True
+        self._pid = os.getpid()
         self._on_release = on_release  # called with a segment id, from any thread
+        _all_main_segments.add(self)
 
     def add(self, segment_id: int, fd: int) -> None:
         try:
+            os.set_inheritable(fd, False)  # kept open now: no exec'd program gets it
             mm = mmap.mmap(fd, os.fstat(fd).st_size)
         except BaseException:
             os.close(fd)
@@ -360,6 +382,8 @@ class MainSegments:
         mm = self._maps.get(segment_id)
         if mm is not None:
             mm.madvise(mmap.MADV_DONTNEED)
+        if os.getpid() != self._pid:  # a batch inherited by a forked process
+            return
         with self._lock:
             self._leases[segment_id] -= 1
             spare = self._retired and self._leases[segment_id] == 0
@@ -367,10 +391,12 @@ class MainSegments:
             self._keep(segment_id)
         self._on_release(segment_id)
 
-    def retire(self) -> None:
-        """The worker has ended: nothing writes the segments any more."""
+    def retire(self, keep: bool = True) -> None:
+        """The worker has ended: nothing writes the segments any more. With keep=False
+        (workers that are not forked could never use them) they are let go."""
         with self._lock:
             self._retired = True
+            self._keep_on_retire = keep
             free = [sid for sid, n in self._leases.items() if n == 0]
         for sid in free:
             self._keep(sid)
@@ -379,15 +405,28 @@ class MainSegments:
         self._arrays.pop(segment_id, None)  # unmapped once no view is left
         self._maps.pop(segment_id, None)
         fd = self._fds.pop(segment_id, None)
-        if fd is not None:
+        if fd is None:
+            return
+        if self._keep_on_retire and segment_id not in self._tainted:
             keep_spare(fd, os.fstat(fd).st_size)
+        else:
+            os.close(fd)
+
+    def taint_leased(self) -> None:
+        with self._lock:
+            self._tainted.update(sid for sid, n in self._leases.items() if n > 0)
 
     def close_fds(self) -> None:
-        """Lets go of the segments without keeping them (in a forked process: of the
-        inherited copies of the fds)."""
+        """Lets go of the segments without keeping them."""
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+    def forget_in_child(self) -> None:
+        """In a forked process: close the inherited copies of the fds; keep nothing."""
+        self._lock = threading.Lock()
+        self.close_fds()
+        self._retired, self._keep_on_retire = True, False
 
     def unpack(self, payload: bytes, segment_ids: list[int]):
         leases = {}

@@ -22,7 +22,7 @@ import weakref
 import torch
 
 from . import _collate_hook, _worker_info
-from ._shm import MainSegments, WorkerArena, deal_spares, forget_spares_in_child
+from ._shm import MainSegments, WorkerArena, deal_spares
 from ._worker_loop import Worker, WorkerSetup
 
 _HEADER = struct.Struct("<QI")  # payload bytes, number of fds
@@ -79,7 +79,6 @@ def _recv(sock: socket.socket):
 def _process_main(setup: WorkerSetup, sock: socket.socket, spares: list[tuple[int, int]]) -> None:
     for pool in list(_LIVE_POOLS):  # inherited through fork (empty when spawned)
         pool._forget_in_child(keep=sock, keep_spares=spares)
-    forget_spares_in_child()
     try:
         torch._C._set_worker_signal_handlers()
         torch.multiprocessing._set_thread_name("pt_data_worker")
@@ -142,8 +141,8 @@ class ProcessPool:
         self.segments = [MainSegments(self._releaser(i)) for i in range(len(setups))]
         # Segments earlier workers left, for these to write into: fds reach a worker only
         # through fork.
-        forks = getattr(mp_context, "get_start_method", lambda: "fork")() == "fork"
-        self._spares = deal_spares(len(setups)) if forks else [[] for _ in setups]
+        self._forks = getattr(mp_context, "get_start_method", lambda: "fork")() == "fork"
+        self._spares = deal_spares(len(setups)) if self._forks else [[] for _ in setups]
         self._last_rng: list = [None] * len(setups)  # RNG states of each worker's last batch
         # Messages not yet written to a worker's socket: until it is forked, or while it
         # is held (forked but given no work, so it does not compete for the CPU).
@@ -191,8 +190,6 @@ class ProcessPool:
         for spares in self._spares:
             if spares is not keep_spares:
                 _close_spares(spares)
-        for segments in self.segments:
-            segments.close_fds()
 
     def start_all(self, hold: bool = False) -> None:
         for i in range(len(self._setups)):
@@ -328,7 +325,7 @@ class ProcessPool:
                 p.join(timeout=2.0)
         ended = all(p.exitcode is not None for p in self.procs)
         for segments in self.segments:
-            segments.retire() if ended else segments.close_fds()
+            segments.retire(keep=self._forks) if ended else segments.close_fds()
 
 
 # -- thread workers ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, RandomSampler
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 
@@ -61,11 +61,19 @@ def batch_indices(index_sampler) -> Iterator:
     return iter(index_sampler)
 
 
-def draws_only_torch_rng(index_sampler) -> bool:
-    """True for torch's default samplers: iterating them draws from torch generators only
-    (which each worker reseeds), so drawing before or after forking the workers leaves
-    the workers' state the same. A custom sampler might use numpy's or Python's global
-    RNG, which forked workers inherit."""
+def safe_to_draw_before_fork(index_sampler) -> bool:
+    """True when drawing the first indices before the workers are forked leaves them as
+    torch's (which forks first) would: torch's shuffling default, which draws from
+    torch's default generator only (each worker reseeds it) and already took the
+    dataset's len() when it was made. A user's generator may also be used by worker code,
+    a len() may open handles a worker should open itself, and a custom sampler may touch
+    numpy's or Python's RNG: those draw after the fork, as in torch."""
     if type(index_sampler) is BatchSampler:
         index_sampler = index_sampler.sampler
-    return type(index_sampler) in (RandomSampler, SequentialSampler, _InfiniteConstantSampler)
+    if type(index_sampler) is _InfiniteConstantSampler:
+        return True
+    return (
+        type(index_sampler) is RandomSampler
+        and index_sampler.generator is None
+        and index_sampler._num_samples is None
+    )

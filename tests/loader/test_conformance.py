@@ -213,3 +213,54 @@ def test_persistent_workers_after_an_epoch_left_after_one_batch():
         return out
 
     assert_same(epochs(fastloader.DataLoader), epochs(tud.DataLoader))
+
+
+class AugmentsWith(tud.Dataset):
+    """Augmentation drawn from the generator the user also gave the DataLoader."""
+
+    def __init__(self, generator):
+        self.generator = generator
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.randint(1000, (1,), generator=self.generator).item()
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_a_generator_shared_with_the_dataset_is_where_torch_leaves_it_in_workers(num_workers):
+    def run(cls):
+        g = torch.Generator().manual_seed(0)
+        return [b.tolist() for b in cls(AugmentsWith(g), batch_size=4, shuffle=True, generator=g,
+                                        num_workers=num_workers)]
+
+    assert run(fastloader.DataLoader) == run(tud.DataLoader)
+
+
+class OpensLazily(tud.Dataset):
+    """Opens its (fork-unsafe) handle on first use, as h5py datasets do, so that each
+    worker opens its own: len() must not be called before the workers fork."""
+
+    def __init__(self):
+        import os
+
+        self.opened_in = None
+        self._getpid = os.getpid
+
+    def __len__(self):
+        if self.opened_in is None:
+            self.opened_in = self._getpid()
+        return 8
+
+    def __getitem__(self, i):
+        if self.opened_in is None:
+            self.opened_in = self._getpid()
+        return int(self.opened_in == self._getpid())
+
+
+def test_len_is_not_called_before_the_workers_fork():
+    def run(cls):
+        return [b.tolist() for b in cls(OpensLazily(), batch_size=4, num_workers=1)]
+
+    assert run(fastloader.DataLoader) == run(tud.DataLoader) == [[1, 1, 1, 1], [1, 1, 1, 1]]

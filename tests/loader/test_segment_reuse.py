@@ -78,3 +78,63 @@ def test_spawned_workers_leave_the_kept_segments_for_forked_ones():
     assert [b.tolist() for b in loader] == [b.tolist() for b in tud.DataLoader(SquareDataset(40), batch_size=4)]
     gc.collect()
     assert kept <= _kept_inodes()  # an fd cannot reach a spawned process: nothing was dealt
+
+
+class Const(tud.Dataset):
+    def __init__(self, value):
+        self.value = value
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.full((16384,), float(self.value))
+
+
+def test_a_process_forked_by_user_code_never_reuses_the_parents_segments():
+    list(fastloader.DataLoader(Const(0), batch_size=4, num_workers=1))  # leaves kept segments
+    gc.collect()
+    assert _shm._spares
+    go, done = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # e.g. an evaluation process that runs a loader of its own
+        ok = not _shm._spares
+        os.read(go[0], 1)
+        for _ in fastloader.DataLoader(Const(2), batch_size=4, num_workers=1):
+            pass
+        os.write(done[1], b"x")
+        os._exit(0 if ok else 1)
+    held = next(iter(fastloader.DataLoader(Const(1), batch_size=4, num_workers=1)))
+    gc.collect()
+    os.write(go[1], b"x")
+    os.read(done[0], 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child inherited the kept segments"
+    assert held.unique().tolist() == [1.0], "the child's workers wrote into the parent's batch"
+
+
+class HoldsBatches(tud.Dataset):
+    """Keeps batches it is given, and reads them back in its workers (a replay buffer)."""
+
+    def __init__(self):
+        self.kept = []
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self.kept[0].sum() if self.kept else torch.tensor(0.0)
+
+
+def test_batches_alive_when_workers_fork_are_never_reused():
+    data = HoldsBatches()
+    data.kept = [next(iter(fastloader.DataLoader(Const(3), batch_size=4, num_workers=1)))]
+    expected = float(data.kept[0].sum())
+    reader = iter(fastloader.DataLoader(data, batch_size=None, num_workers=1, persistent_workers=True))
+    assert float(next(reader)) == expected  # its worker views the kept batch
+    data.kept.clear()  # the main process lets go of it; the worker still holds its copy
+    gc.collect()
+    for _ in range(2):
+        list(fastloader.DataLoader(Const(9), batch_size=4, num_workers=2))
+        gc.collect()
+    assert all(float(next(reader)) == expected for _ in range(3))
