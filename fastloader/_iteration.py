@@ -207,12 +207,11 @@ class LoaderIterator:
         # Workers are forked within iter(), so all see the dataset as it is now, as in
         # torch. Worker 0 is forked first and computes while the others are forked; on a
         # machine with few cores the others would slow it down: they get their tasks
-        # once the first batch is in. When drawing cannot change what a worker sees
-        # (torch's shuffling default), the first indices are drawn before the fork:
+        # once the first batch is in. Where drawing cannot change what a worker sees
+        # (torch's shuffling default), the first indices are drawn before the forks:
         # worker 0 finds its task waiting, and the permutation is not built under
-        # copy-on-write faults after the fork.
-        # Otherwise every worker is forked before the sampler draws, as in torch (a
-        # generator the sampler shares with the dataset is then where torch leaves it).
+        # copy-on-write faults. Otherwise every worker is forked before the sampler
+        # draws, as in torch (a generator it shares with the dataset stays in step).
         draw_first = not self._holding or safe_to_draw_before_fork(loader._index_sampler)
         if draw_first:
             self._put_prefetch()

@@ -403,12 +403,12 @@ class MainSegments:
 
     def _keep(self, segment_id: int) -> None:
         self._arrays.pop(segment_id, None)  # unmapped once no view is left
-        self._maps.pop(segment_id, None)
+        mm = self._maps.pop(segment_id, None)
         fd = self._fds.pop(segment_id, None)
         if fd is None:
             return
         if self._keep_on_retire and segment_id not in self._tainted:
-            keep_spare(fd, os.fstat(fd).st_size)
+            keep_spare(fd, len(mm))
         else:
             os.close(fd)
 

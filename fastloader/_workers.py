@@ -325,7 +325,10 @@ class ProcessPool:
                 p.join(timeout=2.0)
         ended = all(p.exitcode is not None for p in self.procs)
         for segments in self.segments:
-            segments.retire(keep=self._forks) if ended else segments.close_fds()
+            if ended:
+                segments.retire(keep=self._forks)
+            else:  # a worker may still write them
+                segments.close_fds()
 
 
 # -- thread workers ----------------------------------------------------------------------

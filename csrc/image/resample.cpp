@@ -292,7 +292,6 @@ static void horizontal_pass(const uint8_t* src, size_t src_stride, int rows,
                             const ResampleAxis& ax, uint8_t* dst) {
   const int out_w = ax.out_count();
   const size_t ks = size_t(ax.ksize);
-  int x_done = 0;  // outputs already written in every row
 #if defined(__AVX2__)
   if constexpr (C == 3) {
     thread_local std::vector<TapPairs> pair_buffer;
@@ -306,13 +305,13 @@ static void horizontal_pass(const uint8_t* src, size_t src_stride, int rows,
       case 4: rgb_rows<4>(src, src_stride, rows, ax, pairs, pairs_per_x, dst); break;
       default: rgb_rows<0>(src, src_stride, rows, ax, pairs, pairs_per_x, dst); break;
     }
-    x_done = out_w;
+    return;
   }
 #endif
   for (int y = 0; y < rows; ++y) {
     const uint8_t* in = src + size_t(y) * src_stride;
     uint8_t* out = dst + size_t(y) * out_w * C;
-    for (int x = x_done; x < out_w; ++x) {
+    for (int x = 0; x < out_w; ++x) {
       const uint8_t* s = in + size_t(ax.first[x]) * C;
       const int16_t* k = &ax.coeffs[x * ks];
       const int taps = ax.taps[x];
