@@ -1,7 +1,9 @@
 """Shared-memory transport of batches from process workers to the main process.
 
 Each worker owns an arena of memfd segments. Tensors of a batch live in (or are copied
-once into) the arena, as do large `bytes` objects; the batch itself is pickled with the tensors replaced by
+once into) the arena, as do large `bytes` objects, unless read from a local file (shard
+members): those go as (file, offset, size) and the main process reads them itself
+(`_origins`). The batch itself is pickled with the tensors replaced by
 (segment, dtype, shape, stride, offset) references, so only a few hundred bytes cross
 the socket. The main process maps each segment once and builds the tensors as views of
 it. When every tensor of a batch is gone, the main process hands the batch's segments
@@ -23,17 +25,22 @@ import os
 import pickle
 import threading
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from . import _origins
+from .errors import ShardError
+from ._heap import keep_freed_memory
 from ._storage import storage_users
 
 _ALIGN = 64
 _MIN_SEGMENT = 1 << 20
 _POPULATE_MIN = 256 << 10
-_BYTES_IN_ARENA = 32 << 10
+_BYTES_IN_ARENA = _origins.MIN_SIZE
+_MAX_OPEN_FILES = 64  # per worker, in the main process
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
@@ -136,6 +143,7 @@ class _Segment:
     mm: mmap.mmap
     bytes: torch.Tensor  # uint8 view of the whole segment
     used: int = 0
+    mapped: int = 0  # bytes from the start this process has mapped (pages stay mapped)
     busy: bool = False
     sent: bool = False  # the fd already went to the main process
 
@@ -256,12 +264,41 @@ class WorkerArena:
         return None
 
     # -- pickling ------------------------------------------------------------------------
-    def pack(self, obj) -> tuple[bytes, list[int], list[tuple[int, int]]]:
-        """Pickles obj; returns (payload, segment ids it uses, new (id, fd) to send)."""
+    def _bytes_ref(self, data: bytes) -> tuple:
+        """Large bytes go as (file, offset, size) when read from a local file, for the
+        main process to read itself (`_origins`); else through the arena, one copy in
+        and one out, instead of pickle's copies through the socket."""
+        n = len(data)
+        origin = _origins.take(data)
+        if origin is not None:
+            (path, dev, ino), offset = origin
+            return ("f", path, dev, ino, offset, n)
+        seg, offset = self.alloc(n)
+        if offset + n > seg.mapped:  # members are laid out from the start of a segment
+            self._populate(seg, seg.mapped, offset + n - seg.mapped, minimum=0)
+            seg.mapped = offset + n
+        seg.mm[offset:offset + n] = data
+        return ("b", seg.id, offset, n)
+
+    def pack(self, obj) -> tuple[tuple[bytes, list[tuple]], list[int], list[tuple[int, int]]]:
+        """Pickles obj; returns ((payload, refs to its large bytes), segment ids it uses,
+        new (id, fd) to send)."""
         buf = io.BytesIO()
-        pickler = _ArenaBytesPickler if _holds_large_bytes(obj) else _ArenaPickler
         try:
-            pickler(buf, self).dump(obj)
+            wrapped: dict[int, bytes] = {}
+            if _holds_large_bytes(obj):
+                obj = _wrap_large_bytes([obj], 5, {}, wrapped)[0]
+            out_of_band: list[bytes] = []
+
+            def keep_out(buffer: pickle.PickleBuffer) -> bool:  # False: out of band
+                data = wrapped.pop(id(buffer), None)
+                if data is None:  # a buffer the batch itself holds (numpy's): in band, as before
+                    return True
+                out_of_band.append(data)
+                return False
+
+            _ArenaPickler(buf, self, keep_out if wrapped else None).dump(obj)
+            refs = [self._bytes_ref(data) for data in out_of_band]
         except BaseException:
             self.abandon_batch()
             raise
@@ -274,25 +311,25 @@ class WorkerArena:
             # live, which the main process maps for as long as the batch lives, this
             # worker drops its mapping, as torch's worker drops its fresh shm per batch
             # (keeping them mapped is ~15% faster on 10 MB batches, but each page would
-            # then count twice in the processes' RSS). Bytes are copied out and their
-            # pages unmapped by the main process at once: the worker keeps those mapped,
-            # and so does not pay to map them again for every batch (~1 us a page on a
-            # VM; large shard samples read ~1.5x faster).
+            # then count twice in the processes' RSS). Bytes are copied out by the
+            # main process at once: both processes keep those pages mapped, and so do
+            # not pay to map them again for every batch (~1 us a page on a VM).
             if sid in with_tensors:
                 seg.mm.madvise(mmap.MADV_DONTNEED, 0, _round_up(seg.used, mmap.PAGESIZE))
+                seg.mapped = 0
             if not seg.sent:
                 seg.sent = True
                 new.append((sid, seg.fd))
-        return buf.getvalue(), used, new
+        return (buf.getvalue(), refs), used, new
 
 
 class _ArenaPickler(pickle.Pickler):
-    """Tensors go by reference to the arena. `reducer_override` is only consulted for
-    objects pickle has no fast path for, so plain data (dicts, str, small bytes) costs
-    nothing extra."""
+    """Tensors go by reference to the arena; wrapped large bytes out of band (see
+    `_wrap_large_bytes`). `reducer_override` is only consulted for objects pickle has no
+    fast path for, so plain data (dicts, str, small bytes) costs nothing extra."""
 
-    def __init__(self, file, arena: WorkerArena):
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+    def __init__(self, file, arena: WorkerArena, buffer_callback=None):
+        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
         self.arena = arena
 
     def reducer_override(self, obj):
@@ -310,21 +347,6 @@ class _ArenaPickler(pickle.Pickler):
         return _arena_tensor, (seg.id, obj.dtype, tuple(obj.shape), obj.stride(), obj.storage_offset())
 
 
-class _ArenaBytesPickler(_ArenaPickler):
-    """Also moves large `bytes` (e.g. shard members) through the arena: one copy in, one
-    out, instead of pickle's copies through the socket. `persistent_id` is called for
-    every object, so this pickler is used only for batches that hold such bytes."""
-
-    def persistent_id(self, obj):
-        if type(obj) is not bytes or len(obj) < _BYTES_IN_ARENA:
-            return None
-        n = len(obj)
-        seg, offset = self.arena.alloc(n)
-        self.arena._populate(seg, offset, n, minimum=0)
-        seg.mm[offset:offset + n] = obj
-        return ("b", seg.id, offset, n)
-
-
 def _holds_large_bytes(obj, depth: int = 4) -> bool:
     """A cheap look (first items only) for large bytes in a batch's structure."""
     kind = type(obj)
@@ -339,10 +361,36 @@ def _holds_large_bytes(obj, depth: int = 4) -> bool:
     return False
 
 
-_unpacking = threading.local()  # the leases of the batch being unpickled in this thread
+def _wrap_large_bytes(obj, depth: int, memo: dict, wrapped: dict[int, bytes]):
+    """obj with each large bytes in its dicts, lists and tuples (to depth) wrapped in a
+    PickleBuffer, which pickle hands out of band: sent apart from the payload, and put
+    back in place when unpickled. The containers are copies (the dataset may keep the
+    originals); shared ones stay shared. One pass here costs far less than pickle's
+    `persistent_id` hook, which is called for every object of the batch."""
+    done = memo.get(id(obj))
+    if done is not None:
+        return done
+    kind = type(obj)
+    values = []
+    for v in obj.values() if kind is dict else obj:  # leaves inline: a call costs more than the test
+        t = type(v)
+        if t is bytes:
+            if len(v) >= _BYTES_IN_ARENA:
+                data, v = v, pickle.PickleBuffer(v)
+                wrapped[id(v)] = data
+        elif (t is dict or t is list or t is tuple) and depth > 1:
+            v = _wrap_large_bytes(v, depth - 1, memo, wrapped)
+        values.append(v)
+    new = dict(zip(obj.keys(), values)) if kind is dict else kind(values)
+    memo[id(obj)] = new
+    return new
+
+
+_unpacking = threading.local()  # the batch being unpickled in this thread: its leases
 
 
 def _arena_tensor(sid, dtype, shape, stride, offset) -> torch.Tensor:
+    _unpacking.viewed.add(sid)
     return _unpacking.leases[sid].view(dtype).as_strided(shape, stride, offset)
 
 
@@ -356,6 +404,8 @@ class MainSegments:
         self._maps: dict[int, mmap.mmap] = {}
         self._fds: dict[int, int] = {}
         self._leases: dict[int, int] = {}  # batches (tensors) still viewing each segment
+        self._mapped: dict[int, int] = {}  # bytes from a segment's start mapped here
+        self._files: OrderedDict[tuple[int, int], int] = OrderedDict()  # (dev, ino) -> fd
         self._tainted: set[int] = set()  # viewed by a batch when some process was forked
         self._lock = threading.Lock()
         self._retired = False
@@ -375,13 +425,18 @@ class MainSegments:
         self._maps[segment_id] = mm
         self._fds[segment_id] = fd
         self._leases[segment_id] = 0
+        self._mapped[segment_id] = 0
 
-    def _release(self, segment_id: int) -> None:
-        # Drop this process's page-table entries (the data stays in the worker's
-        # segment): a batch's memory is then counted once, by its worker, not twice.
+    def _release(self, segment_id: int, viewed: set[int]) -> None:
+        # Where tensors lived, drop this process's page-table entries (the data stays
+        # in the worker's segment): a batch's memory is then counted once, by its
+        # worker, not twice. A segment that carried only bytes (copied out at once)
+        # stays mapped, as in its worker: mapping its pages again for every batch
+        # costs more than copying them (~1 us a page on a VM).
         mm = self._maps.get(segment_id)
-        if mm is not None:
+        if mm is not None and segment_id in viewed:
             mm.madvise(mmap.MADV_DONTNEED)
+            self._mapped[segment_id] = 0
         if os.getpid() != self._pid:  # a batch inherited by a forked process
             return
         with self._lock:
@@ -400,11 +455,13 @@ class MainSegments:
             free = [sid for sid, n in self._leases.items() if n == 0]
         for sid in free:
             self._keep(sid)
+        self.close_files()  # every batch of the worker was read at once
 
     def _keep(self, segment_id: int) -> None:
         self._arrays.pop(segment_id, None)  # unmapped once no view is left
         mm = self._maps.pop(segment_id, None)
         fd = self._fds.pop(segment_id, None)
+        self._mapped.pop(segment_id, None)
         if fd is None:
             return
         if self._keep_on_retire and segment_id not in self._tainted:
@@ -417,10 +474,16 @@ class MainSegments:
             self._tainted.update(sid for sid, n in self._leases.items() if n > 0)
 
     def close_fds(self) -> None:
-        """Lets go of the segments without keeping them."""
+        """Lets go of the segments without keeping them, and of the files."""
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self.close_files()
+
+    def close_files(self) -> None:
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
 
     def forget_in_child(self) -> None:
         """In a forked process: close the inherited copies of the fds; keep nothing."""
@@ -430,28 +493,56 @@ class MainSegments:
 
     def unpack(self, payload: bytes, segment_ids: list[int]):
         leases = {}
+        viewed: set[int] = set()  # segments this batch's tensors view, filled while unpickling
         for sid in segment_ids:
             # A fresh ndarray per batch: when the last tensor viewing it dies, the
             # finalizer hands the segment back to its worker.
             lease = self._arrays[sid][:]
             with self._lock:
                 self._leases[sid] += 1
-            weakref.finalize(lease, self._release, sid)
+            weakref.finalize(lease, self._release, sid, viewed)
             leases[sid] = torch.from_numpy(lease)
-        _unpacking.leases = leases
+        data, refs = payload
+        _unpacking.leases, _unpacking.viewed = leases, viewed
         try:
-            return _ArenaUnpickler(io.BytesIO(payload), leases, self._maps).load()
+            # large bytes: copies, so their segments go back to the worker at once
+            large = [self.read_file(*ref[1:]) if ref[0] == "f" else self.copy_out(*ref[1:]) for ref in refs]
+            return pickle.loads(data, buffers=large)
         finally:
-            _unpacking.leases = None
+            _unpacking.leases = _unpacking.viewed = None
+            if refs:
+                keep_freed_memory()  # large bytes objects, made and freed batch after batch
 
+    def copy_out(self, segment_id: int, offset: int, n: int) -> bytes:
+        mm, mapped = self._maps[segment_id], self._mapped[segment_id]
+        if offset + n > mapped:  # members are laid out from the start of a segment
+            _advise(mm, _MADV_POPULATE_READ, mapped, offset + n - mapped, 0)
+            self._mapped[segment_id] = offset + n
+        return mm[offset:offset + n]  # slicing an mmap copies into a new bytes
 
-class _ArenaUnpickler(pickle.Unpickler):
-    def __init__(self, file, leases, maps):
-        super().__init__(file)
-        self.leases = leases
-        self.maps = maps
+    def read_file(self, path: str, dev: int, ino: int, offset: int, n: int) -> bytes:
+        """Bytes a worker read from a local file, read again here (from the page cache)."""
+        fd = self._files.get((dev, ino))
+        if fd is None:
+            fd = self._open_file(path, dev, ino)
+        else:
+            self._files.move_to_end((dev, ino))
+        data = os.pread(fd, n, offset)
+        if len(data) != n:
+            raise ShardError(f"the file was cut short while being read ({len(data)} of {n} bytes)",
+                             url=path, offset=offset)
+        return data
 
-    def persistent_load(self, pid):  # large bytes: a copy, so the segment goes back at once
-        _, sid, offset, n = pid
-        _advise(self.maps[sid], _MADV_POPULATE_READ, offset, n, 0)
-        return self.maps[sid][offset:offset + n]  # slicing an mmap copies into a new bytes
+    def _open_file(self, path: str, dev: int, ino: int) -> int:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise ShardError(f"cannot open the file a worker read: {e.strerror}", url=path) from None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            os.close(fd)
+            raise ShardError("the file was replaced while being read", url=path)
+        if len(self._files) >= _MAX_OPEN_FILES:
+            os.close(self._files.popitem(last=False)[1])
+        self._files[(dev, ino)] = fd
+        return fd

@@ -21,7 +21,7 @@ import weakref
 
 import torch
 
-from . import _collate_hook, _worker_info
+from . import _collate_hook, _origins, _worker_info
 from ._shm import MainSegments, WorkerArena, deal_spares
 from ._worker_loop import Worker, WorkerSetup
 
@@ -85,6 +85,7 @@ def _process_main(setup: WorkerSetup, sock: socket.socket, spares: list[tuple[in
         arena = WorkerArena(setup.worker_id)
         arena.adopt(spares)
         _collate_hook.set_process_arena(arena)
+        _origins.enable()
         worker = Worker(setup, pack=arena.pack, release=arena.release, abandon=arena.abandon_batch)
         while True:
             got = _recv(sock)

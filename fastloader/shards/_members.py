@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import _origins
+from . import _local
+from .._heap import keep_freed_memory
+
 _META = re.compile(r"__[^/]*__($|/)")
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 
@@ -141,17 +145,23 @@ def group(names: list[str], header: np.ndarray, offset: np.ndarray, size: np.nda
     )
 
 
+def large_samples(samples: Samples) -> bool:
+    """Whether a shard's samples average _origins.MIN_SIZE bytes or more."""
+    return int(samples.size.sum()) >= _origins.MIN_SIZE * max(len(samples), 1)
+
+
 class SampleMaker:
     """Builds sample dicts (`__key__`, `__url__`, each member's bytes under its
     extension) from grouped samples and the buffer their offsets index."""
 
-    def __init__(self, samples: Samples, data, url: str, views: bool = False):
+    def __init__(self, samples: Samples, data, url: str, views: bool = False, origin: _origins.Origin | None = None):
         self.samples = samples
         self.url = url
-        # views: memoryview slices of data (no copy); else bytes (an mmap's or a bytes'
-        # slices are bytes already; a memoryview's are copied)
+        self.origin = origin  # the local file data maps or reads, if any
+        # views: memoryview slices of data (no copy); else bytes (the slices of an mmap,
+        # a PreadShard or a bytes are bytes already; a memoryview's are copied)
         self.data = memoryview(data) if views and not isinstance(data, memoryview) else data
-        self.copy = not views and not isinstance(data, (bytes, mmap.mmap))
+        self.copy = not views and not isinstance(data, (bytes, mmap.mmap, _local.PreadShard))
         self.ext = [samples.exts[e] for e in range(len(samples.exts))]
         self.end = samples.offset + samples.size
 
@@ -167,7 +177,10 @@ class SampleMaker:
         ext, exts = s.member_ext[members].tolist(), self.ext
         off, end = s.offset[members].tolist(), self.end[members].tolist()
         nbytes = np.add.reduceat(s.size[members], starts).tolist() if total else [0] * len(idx)
-        url, data, copy = self.url, self.data, self.copy
+        url, data, copy, origin = self.url, self.data, self.copy, self.origin
+        if not isinstance(data, memoryview) and total and int(s.size[members].max()) >= _origins.MIN_SIZE:
+            keep_freed_memory()  # large bytes objects, made and freed batch after batch
+        note = origin is not None and isinstance(data, (mmap.mmap, _local.PreadShard)) and _origins.enabled()
         wanted = idx.tolist()
         keys = s.keys.take(wanted) if isinstance(s.keys, KeyTable) else [s.keys[i] for i in wanted]
         out = []
@@ -175,7 +188,10 @@ class SampleMaker:
         for key, c in zip(keys, counts.tolist()):
             sample = {"__key__": key, "__url__": url}
             for j in range(m, m + c):
-                sample[exts[ext[j]]] = bytes(data[off[j]:end[j]]) if copy else data[off[j]:end[j]]
+                value = bytes(data[off[j]:end[j]]) if copy else data[off[j]:end[j]]
+                sample[exts[ext[j]]] = value
+                if note and end[j] - off[j] >= _origins.MIN_SIZE:
+                    _origins.note(value, origin, off[j])
             m += c
             out.append(sample)
         return out, nbytes

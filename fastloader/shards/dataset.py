@@ -16,14 +16,21 @@ from torch.utils.data import IterableDataset
 
 from .._worker_info import get_worker_info
 from ..errors import ShardError
-from . import _index, _members, _scanning, _tar, partition
+from . import _index, _local, _members, _scanning, _tar, partition
 from .urls import expand_urls, indexable_path, open_stream, read_chunks
 
 STATE_VERSION = 1
 # mmaps kept open per worker (each holds a file descriptor): a global shuffle reads from
 # every shard, so as many as the descriptor limit comfortably allows
 MAX_OPEN_SHARDS = max(64, min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
-_CHUNK = 256  # samples built together
+_CHUNK = 256  # samples built together, at most,
+_CHUNK_BYTES = 4 << 20  # and about this many bytes: large samples come steadily, not in bursts
+
+
+def _chunk_len(samples: list[_members.Samples]) -> int:
+    nbytes = sum(int(s.size.sum()) for s in samples)
+    count = sum(len(s) for s in samples)
+    return int(np.clip(_CHUNK_BYTES * count // max(nbytes, 1), 8, _CHUNK))
 
 
 @dataclass
@@ -307,8 +314,10 @@ class WebDataset(IterableDataset):
             if len(self._open) >= MAX_OPEN_SHARDS:
                 self._open.popitem(last=False)
             url = self.urls[shard]
-            maker = _members.SampleMaker(self._index(shard).samples, _index.open_mmap(indexable_path(url)), url,
-                                         self.views)
+            samples = self._index(shard).samples
+            mapped = self.views or not _members.large_samples(samples)
+            data, origin = _local.open_shard(indexable_path(url), url, mapped)
+            maker = _members.SampleMaker(samples, data, url, self.views, origin)
             self._open[shard] = maker
         else:
             self._open.move_to_end(shard)
@@ -354,8 +363,9 @@ class WebDataset(IterableDataset):
         shard_of = np.searchsorted(starts, mine, side="right") - 1
         local = mine - starts[shard_of]
         opened: set[int] = set()
-        for c in range(0, len(mine), _CHUNK):  # samples are built a chunk at a time, in order
-            shards, idx = shard_of[c:c + _CHUNK], local[c:c + _CHUNK]
+        chunk = _chunk_len([index.samples for index in self._indexes.values()])
+        for c in range(0, len(mine), chunk):  # samples are built a chunk at a time, in order
+            shards, idx = shard_of[c:c + chunk], local[c:c + chunk]
             groups = [int(shards[0])] if (shards == shards[0]).all() else np.unique(shards).tolist()
             out: list = [None] * len(idx)
             for s in groups:
@@ -404,8 +414,9 @@ class WebDataset(IterableDataset):
                                for pr in index.samples.problems], key=lambda ev: ev[0])
             heads = index.samples.header.tolist()
             e = 0
-            for c in range(0, len(heads), _CHUNK):
-                idx = np.arange(c, min(c + _CHUNK, len(heads)))
+            chunk = _chunk_len([index.samples])
+            for c in range(0, len(heads), chunk):
+                idx = np.arange(c, min(c + chunk, len(heads)))
                 for i, (item, nbytes) in zip(idx.tolist(), self._built(maker, idx)):
                     while e < len(events) and events[e][0] < heads[i]:  # damage before this sample
                         self._fail(p, events[e][1], samples=events[e][2])

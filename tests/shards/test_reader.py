@@ -204,3 +204,35 @@ def test_index_rebuilt_for_another_member_limit_and_after_a_torn_write(tmp_path)
     assert len(list(fastloader.WebDataset(paths, require=("bin",)))) == 20
     open(paths[0] + _index.INDEX_SUFFIX, "wb").close()  # an empty (torn) index file
     assert len(list(fastloader.WebDataset(paths))) == 20
+
+
+@pytest.fixture(scope="module")
+def large_shards(tmp_path_factory):
+    """Samples of 40-200 KB: read with pread, sent to the main process by file offset."""
+    samples = make_samples(90, seed=3, prefix="big")
+    for i, s in enumerate(samples):
+        s["bin"] = os.urandom(40_000 + 1789 * i)
+    return samples, write_with_webdataset(tmp_path_factory.mktemp("large"), samples, per_shard=30)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_large_samples_arrive_whole_through_process_workers(large_shards, shuffle):
+    samples, paths = large_shards
+    loader = fastloader.DataLoader(fastloader.WebDataset(paths, shuffle=shuffle, seed=4), batch_size=8,
+                                   num_workers=2, collate_fn=lambda b: b)
+    got = sorted((s for batch in loader for s in batch), key=lambda s: s["__key__"])
+    assert got == read_with_webdataset(paths)
+    assert all(type(s["bin"]) is bytes for s in got)
+
+
+def test_a_large_sample_shard_cut_short_while_read_is_a_clear_error(tmp_path):
+    with fastloader.ShardWriter(str(tmp_path / "cut-%d.tar"), maxcount=1000) as w:  # 10 MB, read MBs at a time
+        for i in range(100):
+            w.write({"__key__": f"{i:04d}", "bin": os.urandom(100_000)})
+    (path,) = w.shards
+    it = iter(fastloader.WebDataset([path]))
+    next(it)
+    os.truncate(path, os.path.getsize(path) // 2)  # under the open reader (a mapping would SIGBUS)
+    with pytest.raises(fastloader.ShardError, match="shorter than its index") as err:
+        list(it)
+    assert err.value.url == path and err.value.offset > 0
