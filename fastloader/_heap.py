@@ -16,7 +16,6 @@ happens.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 _BLOCK = (32 << 20) - (64 << 10)  # glibc raises its thresholds only for blocks <= 32 MiB
 _done = False  # forked children inherit the heap's settings, so this too
@@ -24,7 +23,7 @@ _done = False  # forked children inherit the heap's settings, so this too
 
 def _glibc():
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # this process's symbols (no ldconfig run, as find_library does)
         libc.gnu_get_libc_version  # glibc only
     except (OSError, AttributeError):
         return None

@@ -22,7 +22,7 @@ from torch.utils.data import _utils as torch_utils
 from torch.utils.data.dataloader import _DatasetKind
 
 from ._worker_loop import WorkerSetup, _is_stateful
-from ._workers import ProcessPool, ThreadPool, WorkerDied
+from ._workers import ProcessPool, ThreadPool, UnreadBatch, WorkerDied
 from .sampling import batch_indices, safe_to_draw_before_fork
 
 STATE_VERSION = 1
@@ -377,6 +377,8 @@ class LoaderIterator:
             self._rng_now[w] = state["rng"]
         if self._in_order:
             self._cycle_after = (w + 1) % self._num_workers
+        if isinstance(data, UnreadBatch):  # the worker made it; the main process failed to read it
+            data.error.reraise()
         return data
 
     def _mark_done(self, pos: int) -> None:

@@ -40,7 +40,7 @@ _ALIGN = 64
 _MIN_SEGMENT = 1 << 20
 _POPULATE_MIN = 256 << 10
 _BYTES_IN_ARENA = _origins.MIN_SIZE
-_MAX_OPEN_FILES = 64  # per worker, in the main process
+_FILES_PER_WORKER = 16  # fds of local files a worker's main side holds at most
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
@@ -157,6 +157,11 @@ class WorkerArena:
     _touched: list[int] = field(default_factory=list)
     _with_tensors: set[int] = field(default_factory=set)  # segments of this batch holding tensors
     _next_id: int = 0
+    # Files whose fd the main process holds (`_origins`), by source; their ids are
+    # negative, beside the segments' (an fd message may carry both).
+    _files: OrderedDict = field(default_factory=OrderedDict)
+    _new_files: list = field(default_factory=list)  # (source, id) first sent with this batch
+    _closed_files: list[int] = field(default_factory=list)  # for the main process to close
 
     def adopt(self, spares: list[tuple[int, int]]) -> None:
         """Takes over segments a previous worker left (inherited fds), as free ones."""
@@ -254,6 +259,9 @@ class WorkerArena:
         self.release(self._touched)
         self._touched = []
         self._with_tensors.clear()
+        for source, _ in self._new_files:  # never sent
+            del self._files[source]
+        self._new_files = []
 
     def _find(self, t: torch.Tensor) -> _Segment | None:
         ptr = t.untyped_storage().data_ptr()
@@ -271,8 +279,8 @@ class WorkerArena:
         n = len(data)
         origin = _origins.take(data)
         if origin is not None:
-            (path, dev, ino), offset = origin
-            return ("f", path, dev, ino, offset, n)
+            source, offset = origin
+            return ("f", self._file_id(source), source.url, offset, n)
         seg, offset = self.alloc(n)
         if offset + n > seg.mapped:  # members are laid out from the start of a segment
             self._populate(seg, seg.mapped, offset + n - seg.mapped, minimum=0)
@@ -280,9 +288,22 @@ class WorkerArena:
         seg.mm[offset:offset + n] = data
         return ("b", seg.id, offset, n)
 
-    def pack(self, obj) -> tuple[tuple[bytes, list[tuple]], list[int], list[tuple[int, int]]]:
-        """Pickles obj; returns ((payload, refs to its large bytes), segment ids it uses,
-        new (id, fd) to send)."""
+    def _file_id(self, source) -> int:
+        fid = self._files.get(source)
+        if fid is not None:
+            self._files.move_to_end(source)
+            return fid
+        if len(self._files) >= _FILES_PER_WORKER:
+            _, old = self._files.popitem(last=False)
+            self._closed_files.append(old)
+        fid = self._files[source] = -1 - self._next_id
+        self._next_id += 1
+        self._new_files.append((source, fid))
+        return fid
+
+    def pack(self, obj) -> tuple[tuple[bytes, list[tuple], list[int]], list[int], list[tuple[int, int]]]:
+        """Pickles obj; returns ((payload, refs to its large bytes, file ids the main
+        process may close), segment ids it uses, new (id, fd) to send: segments, files)."""
         buf = io.BytesIO()
         try:
             wrapped: dict[int, bytes] = {}
@@ -291,14 +312,16 @@ class WorkerArena:
             out_of_band: list[bytes] = []
 
             def keep_out(buffer: pickle.PickleBuffer) -> bool:  # False: out of band
-                data = wrapped.pop(id(buffer), None)
+                data = wrapped.get(id(buffer))
                 if data is None:  # a buffer the batch itself holds (numpy's): in band, as before
                     return True
-                out_of_band.append(data)
+                out_of_band.append(data)  # once per occurrence: pickle does not memoize buffers
                 return False
 
             _ArenaPickler(buf, self, keep_out if wrapped else None).dump(obj)
-            refs = [self._bytes_ref(data) for data in out_of_band]
+            ref_of: dict[int, tuple] = {}
+            refs = [ref_of.get(id(data)) or ref_of.setdefault(id(data), self._bytes_ref(data)) for data in out_of_band]
+            _origins.sent(sum(ref[-1] for ref in refs if ref[0] == "f"))
         except BaseException:
             self.abandon_batch()
             raise
@@ -320,7 +343,9 @@ class WorkerArena:
             if not seg.sent:
                 seg.sent = True
                 new.append((sid, seg.fd))
-        return (buf.getvalue(), refs), used, new
+        new += [(fid, source.fd) for source, fid in self._new_files]
+        closed, self._new_files, self._closed_files = self._closed_files, [], []
+        return (buf.getvalue(), refs, closed), used, new
 
 
 class _ArenaPickler(pickle.Pickler):
@@ -365,8 +390,9 @@ def _wrap_large_bytes(obj, depth: int, memo: dict, wrapped: dict[int, bytes]):
     """obj with each large bytes in its dicts, lists and tuples (to depth) wrapped in a
     PickleBuffer, which pickle hands out of band: sent apart from the payload, and put
     back in place when unpickled. The containers are copies (the dataset may keep the
-    originals); shared ones stay shared. One pass here costs far less than pickle's
-    `persistent_id` hook, which is called for every object of the batch."""
+    originals); shared ones, and shared bytes, stay shared. Bytes in other containers
+    (OrderedDict, dataclasses...) or deeper go in band, as pickle does. One pass here
+    costs far less than pickle's `persistent_id` hook, called for every object."""
     done = memo.get(id(obj))
     if done is not None:
         return done
@@ -376,8 +402,11 @@ def _wrap_large_bytes(obj, depth: int, memo: dict, wrapped: dict[int, bytes]):
         t = type(v)
         if t is bytes:
             if len(v) >= _BYTES_IN_ARENA:
-                data, v = v, pickle.PickleBuffer(v)
-                wrapped[id(v)] = data
+                buffer = memo.get(id(v))
+                if buffer is None:
+                    buffer = memo[id(v)] = pickle.PickleBuffer(v)
+                    wrapped[id(buffer)] = v
+                v = buffer
         elif (t is dict or t is list or t is tuple) and depth > 1:
             v = _wrap_large_bytes(v, depth - 1, memo, wrapped)
         values.append(v)
@@ -405,7 +434,7 @@ class MainSegments:
         self._fds: dict[int, int] = {}
         self._leases: dict[int, int] = {}  # batches (tensors) still viewing each segment
         self._mapped: dict[int, int] = {}  # bytes from a segment's start mapped here
-        self._files: OrderedDict[tuple[int, int], int] = OrderedDict()  # (dev, ino) -> fd
+        self._files: dict[int, int] = {}  # file id (negative) -> fd, as the worker sent them
         self._tainted: set[int] = set()  # viewed by a batch when some process was forked
         self._lock = threading.Lock()
         self._retired = False
@@ -415,6 +444,11 @@ class MainSegments:
         _all_main_segments.add(self)
 
     def add(self, segment_id: int, fd: int) -> None:
+        """Takes over fd: a segment's, or (negative id) a file's the worker reads."""
+        if segment_id < 0:
+            os.set_inheritable(fd, False)
+            self._files[segment_id] = fd
+            return
         try:
             os.set_inheritable(fd, False)  # kept open now: no exec'd program gets it
             mm = mmap.mmap(fd, os.fstat(fd).st_size)
@@ -502,14 +536,19 @@ class MainSegments:
                 self._leases[sid] += 1
             weakref.finalize(lease, self._release, sid, viewed)
             leases[sid] = torch.from_numpy(lease)
-        data, refs = payload
+        data, refs, closed = payload
         _unpacking.leases, _unpacking.viewed = leases, viewed
         try:
             # large bytes: copies, so their segments go back to the worker at once
-            large = [self.read_file(*ref[1:]) if ref[0] == "f" else self.copy_out(*ref[1:]) for ref in refs]
-            return pickle.loads(data, buffers=large)
+            read: dict[tuple, bytes] = {}  # one bytes object per ref: a shared one stays shared
+            for ref in refs:
+                if ref not in read:
+                    read[ref] = self.read_file(*ref[1:]) if ref[0] == "f" else self.copy_out(*ref[1:])
+            return pickle.loads(data, buffers=[read[ref] for ref in refs])
         finally:
             _unpacking.leases = _unpacking.viewed = None
+            for fid in closed:
+                os.close(self._files.pop(fid))
             if refs:
                 keep_freed_memory()  # large bytes objects, made and freed batch after batch
 
@@ -520,29 +559,11 @@ class MainSegments:
             self._mapped[segment_id] = offset + n
         return mm[offset:offset + n]  # slicing an mmap copies into a new bytes
 
-    def read_file(self, path: str, dev: int, ino: int, offset: int, n: int) -> bytes:
-        """Bytes a worker read from a local file, read again here (from the page cache)."""
-        fd = self._files.get((dev, ino))
-        if fd is None:
-            fd = self._open_file(path, dev, ino)
-        else:
-            self._files.move_to_end((dev, ino))
-        data = os.pread(fd, n, offset)
+    def read_file(self, file_id: int, url: str, offset: int, n: int) -> bytes:
+        """Bytes a worker read from a local file, read again here (from the page cache)
+        through the worker's fd: the same file even if renamed or deleted since."""
+        data = _origins.read_range(self._files[file_id], offset, n)
         if len(data) != n:
             raise ShardError(f"the file was cut short while being read ({len(data)} of {n} bytes)",
-                             url=path, offset=offset)
+                             url=url, offset=offset)
         return data
-
-    def _open_file(self, path: str, dev: int, ino: int) -> int:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise ShardError(f"cannot open the file a worker read: {e.strerror}", url=path) from None
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (dev, ino):
-            os.close(fd)
-            raise ShardError("the file was replaced while being read", url=path)
-        if len(self._files) >= _MAX_OPEN_FILES:
-            os.close(self._files.popitem(last=False)[1])
-        self._files[(dev, ino)] = fd
-        return fd

@@ -20,6 +20,7 @@ import time
 import weakref
 
 import torch
+from torch._utils import ExceptionWrapper
 
 from . import _collate_hook, _origins, _worker_info
 from ._shm import MainSegments, WorkerArena, deal_spares
@@ -27,6 +28,14 @@ from ._worker_loop import Worker, WorkerSetup
 
 _HEADER = struct.Struct("<QI")  # payload bytes, number of fds
 _MAX_FDS = 64  # per message; a batch with more new segments sends them ahead in chunks
+
+
+class UnreadBatch:
+    """In place of a batch the main process could not read (a shard cut short under it,
+    say): raised when the batch's turn comes, as a worker's error would be."""
+
+    def __init__(self, error: ExceptionWrapper):
+        self.error = error
 
 
 class WorkerDied(RuntimeError):
@@ -279,7 +288,11 @@ class ProcessPool:
                     payload, used, new_ids = msg[2]
                     for sid, fd in zip(new_ids, fds):
                         self.segments[i].add(sid, fd)
-                    msg = (msg[0], msg[1], self.segments[i].unpack(payload, used), *msg[3:])
+                    try:
+                        batch = self.segments[i].unpack(payload, used)
+                    except Exception:
+                        batch = UnreadBatch(ExceptionWrapper(where=f"reading the batch of DataLoader worker {i}"))
+                    msg = (msg[0], msg[1], batch, *msg[3:])
                     state = msg[3]
                     if isinstance(state.get("rng"), str):  # SAME_RNG: unchanged since its last batch
                         state["rng"] = self._last_rng[i]

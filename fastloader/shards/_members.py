@@ -154,10 +154,9 @@ class SampleMaker:
     """Builds sample dicts (`__key__`, `__url__`, each member's bytes under its
     extension) from grouped samples and the buffer their offsets index."""
 
-    def __init__(self, samples: Samples, data, url: str, views: bool = False, origin: _origins.Origin | None = None):
+    def __init__(self, samples: Samples, data, url: str, views: bool = False):
         self.samples = samples
         self.url = url
-        self.origin = origin  # the local file data maps or reads, if any
         # views: memoryview slices of data (no copy); else bytes (the slices of an mmap,
         # a PreadShard or a bytes are bytes already; a memoryview's are copied)
         self.data = memoryview(data) if views and not isinstance(data, memoryview) else data
@@ -177,10 +176,10 @@ class SampleMaker:
         ext, exts = s.member_ext[members].tolist(), self.ext
         off, end = s.offset[members].tolist(), self.end[members].tolist()
         nbytes = np.add.reduceat(s.size[members], starts).tolist() if total else [0] * len(idx)
-        url, data, copy, origin = self.url, self.data, self.copy, self.origin
+        url, data, copy = self.url, self.data, self.copy
         if not isinstance(data, memoryview) and total and int(s.size[members].max()) >= _origins.MIN_SIZE:
             keep_freed_memory()  # large bytes objects, made and freed batch after batch
-        note = origin is not None and isinstance(data, (mmap.mmap, _local.PreadShard)) and _origins.enabled()
+        note = isinstance(data, _local.PreadShard) and data.local and _origins.enabled()
         wanted = idx.tolist()
         keys = s.keys.take(wanted) if isinstance(s.keys, KeyTable) else [s.keys[i] for i in wanted]
         out = []
@@ -191,7 +190,7 @@ class SampleMaker:
                 value = bytes(data[off[j]:end[j]]) if copy else data[off[j]:end[j]]
                 sample[exts[ext[j]]] = value
                 if note and end[j] - off[j] >= _origins.MIN_SIZE:
-                    _origins.note(value, origin, off[j])
+                    _origins.note(value, data, off[j])
             m += c
             out.append(sample)
         return out, nbytes

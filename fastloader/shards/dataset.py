@@ -316,8 +316,8 @@ class WebDataset(IterableDataset):
             url = self.urls[shard]
             samples = self._index(shard).samples
             mapped = self.views or not _members.large_samples(samples)
-            data, origin = _local.open_shard(indexable_path(url), url, mapped)
-            maker = _members.SampleMaker(samples, data, url, self.views, origin)
+            maker = _members.SampleMaker(samples, _local.open_shard(indexable_path(url), url, mapped), url,
+                                         self.views)
             self._open[shard] = maker
         else:
             self._open.move_to_end(shard)

@@ -8,10 +8,12 @@ import sys
 from collections import OrderedDict
 
 import pytest
+import torch.utils.data as tud
 
+import fastloader
 from fastloader import _heap, _origins, _shm
 from fastloader.errors import ShardError
-
+from fastloader.shards import _local
 
 @pytest.fixture(autouse=True)
 def fresh_origins(monkeypatch):
@@ -19,37 +21,34 @@ def fresh_origins(monkeypatch):
     monkeypatch.setattr(_origins, "_enabled", True)
     monkeypatch.setattr(_origins, "_held", OrderedDict())
     monkeypatch.setattr(_origins, "_held_bytes", 0)
-    monkeypatch.setattr(_origins, "_dropped_bytes", 0)
-    monkeypatch.setattr(_origins, "_sent", 0)
+    monkeypatch.setattr(_origins, "_cap", _origins.MIN_HELD_CAP)
 
 
-def _file_with(tmp_path, data: bytes, name: str = "shard.tar") -> tuple[str, _origins.Origin]:
+def _shard_with(tmp_path, data: bytes, name: str = "shard.tar") -> tuple[str, _local.PreadShard]:
     path = str(tmp_path / name)
     with open(path, "wb") as f:
         f.write(data)
-    st = os.stat(path)
-    return path, (path, st.st_dev, st.st_ino)
+    return path, _local.open_shard(path, f"file://{path}", mapped=False)
 
 
-def _round_trip(batch):
-    """batch packed by a worker arena and unpacked by the main side, in this process."""
-    arena = _shm.WorkerArena(0)
-    main = _shm.MainSegments(on_release=lambda sid: None)
+def _round_trip(batch, arena=None, main=None):
+    """batch packed by a worker arena and unpacked by the main side, in this process;
+    also the bytes each segment the batch used holds."""
+    arena = arena or _shm.WorkerArena(0)
+    main = main or _shm.MainSegments(on_release=lambda sid: None)
     payload, used, new = arena.pack(batch)
     for sid, fd in new:
-        main.add(sid, os.dup(fd))
-    try:
-        return main.unpack(payload, used), [arena.segments[sid].used for sid in used]
-    finally:
-        main.close_fds()
+        main.add(sid, os.dup(fd))  # as a passed fd arrives: a new descriptor
+    return main.unpack(payload, used), [arena.segments[sid].used for sid in used]
 
 
-def test_bytes_read_from_a_file_go_by_reference_and_arrive_equal(tmp_path):
+def test_bytes_read_from_a_local_file_go_by_reference_and_arrive_equal(tmp_path):
     data = os.urandom(300_000)
-    path, origin = _file_with(tmp_path, data)
-    members = [data[1000:101_000], data[150_000:290_000]]  # copies, as a shard reader makes
-    _origins.note(members[0], origin, 1000)
-    _origins.note(members[1], origin, 150_000)
+    _, shard = _shard_with(tmp_path, data)
+    assert shard.local  # tmp_path is on a local disk here
+    members = [shard[1000:101_000], shard[150_000:290_000]]
+    _origins.note(members[0], shard, 1000)
+    _origins.note(members[1], shard, 150_000)
     unnoted = os.urandom(50_000)
     batch = [{"__key__": "a", "bin": members[0], "cls": b"1"}, {"__key__": "b", "bin": members[1], "x": unnoted}]
     got, used = _round_trip(batch)
@@ -59,48 +58,95 @@ def test_bytes_read_from_a_file_go_by_reference_and_arrive_equal(tmp_path):
     assert used == [50_000] and not _origins._held
 
 
-def test_a_file_replaced_or_cut_short_before_the_main_side_reads_it_is_a_clear_error(tmp_path):
+def test_the_main_side_reads_the_workers_file_even_once_deleted_or_replaced(tmp_path):
     data = os.urandom(200_000)
-    path, origin = _file_with(tmp_path, data)
-    member = data[100_000:200_000]
-    _origins.note(member, origin, 100_000)
+    path, shard = _shard_with(tmp_path, data)
+    member = shard[0:100_000]
+    _origins.note(member, shard, 0)
+    _shard_with(tmp_path, os.urandom(200_000), "new.tar")
+    os.replace(tmp_path / "new.tar", path)  # a shard cache replacing or deleting what was read
+    got, used = _round_trip([member])
+    assert got == [member] and used == []
+
+
+def test_a_file_cut_short_before_the_main_side_reads_it_is_a_clear_error(tmp_path):
+    data = os.urandom(200_000)
+    path, shard = _shard_with(tmp_path, data)
+    member = shard[100_000:200_000]
+    _origins.note(member, shard, 100_000)
     os.truncate(path, 150_000)
     with pytest.raises(ShardError, match="cut short") as err:
         _round_trip([member])
-    assert err.value.url == path and err.value.offset == 100_000
+    assert err.value.url == f"file://{path}" and err.value.offset == 100_000
 
-    member = data[:100_000]
-    _origins.note(member, origin, 0)
-    _file_with(tmp_path, data, "new.tar")
-    os.replace(tmp_path / "new.tar", path)  # same path, another file
-    with pytest.raises(ShardError, match="replaced") as err:
-        _round_trip([member])
-    assert err.value.url == path
+
+def test_the_main_side_holds_a_bounded_number_of_the_workers_files(tmp_path):
+    arena, main = _shm.WorkerArena(0), _shm.MainSegments(on_release=lambda sid: None)
+    for i in range(_shm._FILES_PER_WORKER + 9):
+        _, shard = _shard_with(tmp_path, os.urandom(40_000), f"{i}.tar")
+        member = shard[0:40_000]
+        _origins.note(member, shard, 0)
+        got, _ = _round_trip([member], arena, main)
+        assert got == [member]
+        assert len(main._files) <= _shm._FILES_PER_WORKER
+    main.close_fds()
+    assert not main._files
 
 
 def test_the_batch_structure_is_kept_and_the_workers_objects_are_left_alone():
     big = os.urandom(40_000)
     shared = {"bin": big, "n": 1}
-    batch = ([shared, shared], (big, b"small"), {"deep": [[{"bin": big}]]})
-    got, _ = _round_trip(batch)
+    batch = ([shared, shared], (big, b"small"), {"deep": [{"bin": big}]})
+    got, used = _round_trip(batch)
     assert got == batch and type(got[1]) is tuple
     assert got[0][0] is got[0][1]  # one dict twice, as pickle keeps it
+    assert got[0][0]["bin"] is got[1][0] is got[2]["deep"][0]["bin"]  # one bytes, sent once
+    assert used == [40_000]  # out of band, through the arena
     assert batch[0][0]["bin"] is big  # the dataset's own dicts are not rewritten
 
 
-def test_noting_holds_at_most_the_cap_and_stops_when_batches_never_carry_the_bytes(monkeypatch):
-    monkeypatch.setattr(_origins, "HELD_CAP", 1 << 20)
-    origin = ("/nowhere", 0, 0)
-    blobs = [os.urandom(100_000) for _ in range(12)]
+def test_noting_holds_a_few_batches_at_most():
+    blobs = [os.urandom(100_000) for _ in range(120)]  # 12 MB
     for i, b in enumerate(blobs):
-        _origins.note(b, origin, i)
-    assert _origins._held_bytes <= 1 << 20 and _origins.take(blobs[-1]) == (origin, 11)
+        _origins.note(b, None, i)
+    assert _origins._held_bytes <= _origins.MIN_HELD_CAP and _origins.take(blobs[-1]) == (None, 119)
     assert _origins.take(blobs[0]) is None  # dropped as the oldest
-    # a dataset whose batches never send what it read (decoded in the worker, say)
-    monkeypatch.setattr(_origins, "_sent", 0)
-    for i in range(30):
-        _origins.note(os.urandom(100_000), origin, i)
-    assert not _origins.enabled() and not _origins._held
+    _origins.sent(3_000_000)  # batches of 3 MB are sent: room for four
+    for i, b in enumerate(blobs):
+        _origins.note(b, None, i)
+    assert _origins._held_bytes > _origins.MIN_HELD_CAP and _origins.take(blobs[0]) == (None, 0)
+
+
+class _FileBytes(tud.Dataset):
+    """Each sample read from a file of its own, noted as a shard reader notes it; the
+    file of sample 1 is cut short once read, before the main process reads it."""
+
+    def __init__(self, directory):
+        self.paths = []
+        for i in range(4):
+            self.paths.append(os.path.join(directory, f"{i}.bin"))
+            with open(self.paths[-1], "wb") as f:
+                f.write(bytes([i]) * 50_000)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        shard = _local.open_shard(self.paths[i], self.paths[i], mapped=False)
+        data = shard[0:50_000]
+        _origins.note(data, shard, 0)
+        if i == 1:
+            os.truncate(self.paths[i], 10)
+        return data
+
+
+def test_a_batch_the_main_process_cannot_read_raises_in_turn_and_the_loader_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(_origins, "_enabled", False)  # the workers turn it on themselves
+    it = iter(fastloader.DataLoader(_FileBytes(str(tmp_path)), batch_size=None, num_workers=1, timeout=20))
+    assert next(it) == bytes([0]) * 50_000
+    with pytest.raises(ShardError, match="cut short"):
+        next(it)
+    assert list(it) == [bytes([2]) * 50_000, bytes([3]) * 50_000]
 
 
 _HEAP_PROBE = r"""

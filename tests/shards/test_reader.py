@@ -220,7 +220,11 @@ def test_large_samples_arrive_whole_through_process_workers(large_shards, shuffl
     samples, paths = large_shards
     loader = fastloader.DataLoader(fastloader.WebDataset(paths, shuffle=shuffle, seed=4), batch_size=8,
                                    num_workers=2, collate_fn=lambda b: b)
-    got = sorted((s for batch in loader for s in batch), key=lambda s: s["__key__"])
+    it = iter(loader)
+    batches = [next(it)]
+    # the members crossed by file offset: the main side holds the worker's shard fds
+    assert any(segments._files for segments in it._pool.segments)
+    got = sorted((s for batch in batches + list(it) for s in batch), key=lambda s: s["__key__"])
     assert got == read_with_webdataset(paths)
     assert all(type(s["bin"]) is bytes for s in got)
 
