@@ -20,7 +20,7 @@ from . import _index, _local, _members, _scanning, _tar, partition
 from .urls import expand_urls, indexable_path, open_stream, read_chunks
 
 STATE_VERSION = 1
-# mmaps kept open per worker (each holds a file descriptor): a global shuffle reads from
+# shards kept open per worker (mapped or read with pread: a file descriptor each): a global shuffle reads from
 # every shard, so as many as the descriptor limit comfortably allows
 MAX_OPEN_SHARDS = max(64, min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
 _CHUNK = 256  # samples built together, at most,
