@@ -319,8 +319,11 @@ class WorkerArena:
                 return False
 
             _ArenaPickler(buf, self, keep_out if wrapped else None).dump(obj)
-            ref_of: dict[int, tuple] = {}
-            refs = [ref_of.get(id(data)) or ref_of.setdefault(id(data), self._bytes_ref(data)) for data in out_of_band]
+            ref_of: dict[int, tuple] = {}  # a bytes object in several places is sent once
+            for data in out_of_band:
+                if id(data) not in ref_of:
+                    ref_of[id(data)] = self._bytes_ref(data)
+            refs = [ref_of[id(data)] for data in out_of_band]
             _origins.sent(sum(ref[-1] for ref in refs if ref[0] == "f"))
         except BaseException:
             self.abandon_batch()
@@ -446,11 +449,11 @@ class MainSegments:
     def add(self, segment_id: int, fd: int) -> None:
         """Takes over fd: a segment's, or (negative id) a file's the worker reads."""
         if segment_id < 0:
-            os.set_inheritable(fd, False)
+            os.set_inheritable(fd, False)  # kept open now: no exec'd program gets it
             self._files[segment_id] = fd
             return
         try:
-            os.set_inheritable(fd, False)  # kept open now: no exec'd program gets it
+            os.set_inheritable(fd, False)
             mm = mmap.mmap(fd, os.fstat(fd).st_size)
         except BaseException:
             os.close(fd)
