@@ -116,7 +116,8 @@ std::vector<std::string> augment_batch(const py::list& images, torch::Tensor geo
                                        torch::Tensor flips, torch::Tensor out, int mode,
                                        int layout, std::optional<torch::Tensor> lut,
                                        bool apply_orientation, bool dct_scaling, bool fast_idct,
-                                       int64_t max_pixels, int max_scans, int num_threads) {
+                                       int64_t max_pixels, int max_scans, int num_threads,
+                                       std::optional<torch::Tensor> recipe) {
   const int64_t n = int64_t(images.size());
   fl::BatchSpec spec;
   spec.mode = static_cast<fl::ColorMode>(mode);
@@ -145,6 +146,12 @@ std::vector<std::string> augment_batch(const py::list& images, torch::Tensor geo
     table = lut->to(torch::kFloat32).contiguous();
     if (table.numel() != channels * 256) throw py::value_error("lut must hold channels x 256 values");
     spec.lut = table.data_ptr<float>();
+  }
+  torch::Tensor steps;
+  if (recipe) {
+    steps = recipe->to(torch::kFloat32).contiguous();
+    if (steps.numel() != channels * 3) throw py::value_error("recipe must hold channels x 3 values");
+    spec.recipe = steps.data_ptr<float>();
   }
   std::vector<fl::SampleGeometry> geo(n);
   const double* g = geometry.data_ptr<double>();
@@ -283,7 +290,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("augment_batch", &augment_batch, py::arg("images"), py::arg("geometry"), py::arg("flips"),
         py::arg("out"), py::arg("mode"), py::arg("layout"), py::arg("lut"),
         py::arg("apply_orientation"), py::arg("dct_scaling"), py::arg("fast_idct"), py::arg("max_pixels"),
-        py::arg("max_scans"), py::arg("num_threads"));
+        py::arg("max_scans"), py::arg("num_threads"), py::arg("recipe") = py::none());
   m.def("sample_resized_crops", &sample_resized_crops, py::arg("sizes"), py::arg("scale_lo"),
         py::arg("scale_hi"), py::arg("ratio_lo"), py::arg("ratio_hi"), py::arg("seed"));
   py::register_exception<fl::TextError>(m, "TextError", PyExc_ValueError);

@@ -77,38 +77,52 @@ void write_sample(const uint8_t* pixels, int H, int W, bool flip, const T* table
 }
 
 #if defined(__AVX2__)
-// write_sample<float, 3, NCHW> with AVX2: for 8 pixels at a time, two shuffles pick one
-// channel's bytes out of the interleaved row, and a gather reads their table values.
-// pixels needs 4 readable bytes past its end (the second load runs past the 8th pixel).
-void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const float* table,
-                          float* out) {
-  const __m256i reverse = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
-  // Channel c of pixels 0-4 from bytes 0-15, of pixels 5-7 from bytes 12-27 (a second load).
-  __m128i pick_lo[3], pick_hi[3];
-  for (int c = 0; c < 3; ++c) {
-    alignas(16) int8_t lo[16], hi[16];
-    for (int i = 0; i < 16; ++i) lo[i] = hi[i] = -1;
-    for (int i = 0; i < 5; ++i) lo[i] = int8_t(3 * i + c);
-    for (int i = 5; i < 8; ++i) hi[i] = int8_t(3 * i + c - 12);
-    pick_lo[c] = _mm_load_si128(reinterpret_cast<const __m128i*>(lo));
-    pick_hi[c] = _mm_load_si128(reinterpret_cast<const __m128i*>(hi));
+// Channel c's value of 8 pixels: their bytes, as 32-bit lanes.
+struct PlanarPicker {
+  __m128i lo[3], hi[3];  // channel c of pixels 0-4 from bytes 0-15, of pixels 5-7 from 12-27
+
+  PlanarPicker() {
+    for (int c = 0; c < 3; ++c) {
+      alignas(16) int8_t l[16], h[16];
+      for (int i = 0; i < 16; ++i) l[i] = h[i] = -1;
+      for (int i = 0; i < 5; ++i) l[i] = int8_t(3 * i + c);
+      for (int i = 5; i < 8; ++i) h[i] = int8_t(3 * i + c - 12);
+      lo[c] = _mm_load_si128(reinterpret_cast<const __m128i*>(l));
+      hi[c] = _mm_load_si128(reinterpret_cast<const __m128i*>(h));
+    }
   }
+
+  // src needs 28 readable bytes (the second load runs past the 8th pixel).
+  __m256i operator()(const uint8_t* src, int c) const {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 12));
+    return _mm256_cvtepu8_epi32(_mm_or_si128(_mm_shuffle_epi8(a, lo[c]), _mm_shuffle_epi8(b, hi[c])));
+  }
+};
+
+// write_sample<float, 3, NCHW> with AVX2, 8 pixels of one channel at a time. Values come
+// from the table with a gather, or, when `recipe` is given (the table's own float32
+// steps, checked against it: see ValueRecipe), are computed: the gather is the slow part.
+// pixels needs 4 readable bytes past its end.
+void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const float* table,
+                          const float* recipe, float* out) {
+  const __m256i reverse = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+  const PlanarPicker pick;
   const int W8 = W & ~7;
   for (int y = 0; y < H; ++y) {
     const uint8_t* in = pixels + size_t(y) * W * 3;
     for (int c = 0; c < 3; ++c) {
       const float* tc = table + c * 256;
+      const float* rc = recipe ? recipe + 3 * c : tc;
+      const __m256 divisor = _mm256_set1_ps(rc[0]), mean = _mm256_set1_ps(rc[1]), stdev = _mm256_set1_ps(rc[2]);
       float* dst = out + (size_t(c) * H + y) * W;
       const bool aligned = (reinterpret_cast<uintptr_t>(dst) & 31) == 0;
       for (int x = 0; x < W8; x += 8) {
         // Output x..x+7 come from source pixels x..x+7, or W-8-x..W-1-x reversed.
-        const uint8_t* src = in + size_t(flip ? W - 8 - x : x) * 3;
-        const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 12));
-        const __m128i bytes = _mm_or_si128(_mm_shuffle_epi8(a, pick_lo[c]), _mm_shuffle_epi8(b, pick_hi[c]));
-        __m256i idx = _mm256_cvtepu8_epi32(bytes);
+        __m256i idx = pick(in + size_t(flip ? W - 8 - x : x) * 3, c);
         if (flip) idx = _mm256_permutevar8x32_epi32(idx, reverse);
-        const __m256 v = _mm256_i32gather_ps(tc, idx, 4);
+        const __m256 v = recipe ? _mm256_div_ps(_mm256_sub_ps(_mm256_div_ps(_mm256_cvtepi32_ps(idx), divisor), mean), stdev)
+                                : _mm256_i32gather_ps(tc, idx, 4);
         if (aligned)
           _mm256_stream_ps(dst + x, v);
         else
@@ -122,13 +136,14 @@ void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const 
 #endif
 
 template <typename T>
-void write_sample(const uint8_t* pixels, const BatchSpec& spec, bool flip, const T* table, T* out) {
+void write_sample(const uint8_t* pixels, const BatchSpec& spec, bool flip, const T* table,
+                  const float* recipe, T* out) {
   const int H = spec.out_h, W = spec.out_w;
   const bool nhwc = spec.layout == Layout::NHWC;
 #if defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>) {
     if (spec.mode == ColorMode::RGB && !nhwc) {
-      write_rgb_planar_f32(pixels, H, W, flip, table, out);
+      write_rgb_planar_f32(pixels, H, W, flip, table, recipe, out);
       return;
     }
   }
@@ -143,12 +158,27 @@ void write_sample(const uint8_t* pixels, const BatchSpec& spec, bool flip, const
     write_sample<T, 1, true>(pixels, H, W, flip, table, row, out);  // one channel: same layout
 }
 
+// spec.recipe when it computes exactly spec.lut, value for value, in float32 (so whatever
+// made the table, the output is the same); else null.
+const float* checked_recipe(const BatchSpec& spec) {
+  if (!spec.recipe || !spec.lut) return nullptr;
+  for (int c = 0; c < channels_of(spec.mode); ++c) {
+    const float* r = spec.recipe + 3 * c;
+    for (int v = 0; v < 256; ++v) {
+      const float value = (float(v) / r[0] - r[1]) / r[2];
+      if (std::memcmp(&value, &spec.lut[c * 256 + v], sizeof(float)) != 0) return nullptr;
+    }
+  }
+  return spec.recipe;
+}
+
 struct OutputTables {
   std::vector<uint8_t> u8;
   std::vector<float> f32;
   std::vector<uint16_t> u16;  // float16 or bfloat16 bits
+  const float* recipe;
 
-  OutputTables(const BatchSpec& spec) {
+  OutputTables(const BatchSpec& spec) : recipe(checked_recipe(spec)) {
     const int n = channels_of(spec.mode) * 256;
     std::vector<float> values(n);
     for (int i = 0; i < n; ++i) values[i] = spec.lut ? spec.lut[i] : float(i % 256);
@@ -169,9 +199,9 @@ struct OutputTables {
 
   void write(const uint8_t* pixels, const BatchSpec& spec, bool flip, void* out) const {
     switch (spec.dtype) {
-      case OutDType::U8: write_sample(pixels, spec, flip, u8.data(), static_cast<uint8_t*>(out)); break;
-      case OutDType::F32: write_sample(pixels, spec, flip, f32.data(), static_cast<float*>(out)); break;
-      default: write_sample(pixels, spec, flip, u16.data(), static_cast<uint16_t*>(out)); break;
+      case OutDType::U8: write_sample(pixels, spec, flip, u8.data(), nullptr, static_cast<uint8_t*>(out)); break;
+      case OutDType::F32: write_sample(pixels, spec, flip, f32.data(), recipe, static_cast<float*>(out)); break;
+      default: write_sample(pixels, spec, flip, u16.data(), nullptr, static_cast<uint16_t*>(out)); break;
     }
   }
 };

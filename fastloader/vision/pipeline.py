@@ -100,6 +100,31 @@ def _value_table(plan: _Plan, channels: int) -> torch.Tensor | None:
     return values.contiguous()
 
 
+def _value_recipe(plan: _Plan, channels: int) -> torch.Tensor | None:
+    """The steps of the value table as channels x (divisor, mean, std), value = (v / divisor
+    - mean) / std, when the ops are a scaling ToDtype and/or one Normalize, in that order:
+    the kernel computes such values instead of looking them up, where they match the table."""
+    if plan.dtype != torch.float32:
+        return None
+    divisor, mean, std = 1.0, (0.0,), (1.0,)
+    normalized = False
+    for op in plan.value_ops:
+        if isinstance(op, ToDtype):
+            if op.scale and op.dtype.is_floating_point:
+                if divisor != 1.0 or normalized:
+                    return None
+                divisor = 255.0
+        elif normalized or len(op.mean) not in (1, channels) or len(op.std) not in (1, channels):
+            return None
+        else:
+            mean, std, normalized = tuple(op.mean), tuple(op.std), True
+    steps = torch.empty(channels, 3, dtype=torch.float32)
+    steps[:, 0] = divisor
+    steps[:, 1] = torch.tensor(mean, dtype=torch.float32).expand(channels)
+    steps[:, 2] = torch.tensor(std, dtype=torch.float32).expand(channels)
+    return steps
+
+
 class ImagePipeline:
     """Decode + crop/resize + flip + convert/normalize for a whole batch, in one C++ call.
 
@@ -160,6 +185,7 @@ class ImagePipeline:
         if pin_memory and not self.pin_memory:
             warnings.warn("pin_memory=True but no CUDA device is available: batches are not pinned")
         self.lut = _value_table(self.plan, self.channels)
+        self.recipe = _value_recipe(self.plan, self.channels)
         self._pool = OutputPool()
 
     def __getstate__(self) -> dict:
@@ -200,6 +226,7 @@ class ImagePipeline:
         kernel_errors = _C.augment_batch(
             buffers, geometry, flips, batch, self.mode_code, LAYOUTS[self.layout], self.lut,
             self.apply_exif_orientation, self.dct_scaling, self.fast_idct, self.max_pixels, MAX_SCANS, threads,
+            self.recipe,
         )
         errors = [e or k for e, k in zip(errors, kernel_errors)]
         valid = torch.tensor([not e for e in errors], dtype=torch.bool)

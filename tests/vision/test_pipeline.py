@@ -137,6 +137,33 @@ def test_float_output_with_flips_any_width_and_unaligned_out(images, width):
     assert torch.equal(pipe(datas), ref)
 
 
+@pytest.mark.parametrize("values, has_recipe", [
+    ([ToDtype(torch.float32, scale=True), Normalize(MEAN, STD)], True),
+    ([ToDtype(torch.float32, scale=True)], True),
+    ([ToDtype(torch.float32), Normalize((100.0,), (57.3,))], True),
+    ([ToDtype(torch.float32, scale=True), Normalize(MEAN, STD), Normalize((0.5,), (2.0,))], False),
+])
+def test_computed_float_values_equal_torch_ops(images, values, has_recipe):
+    """Float values are computed from the ops' float32 steps where those reproduce the
+    value table exactly, else looked up: either way torch's ops give the same bits; a
+    recipe that does not match the table is not used."""
+    datas = [c.data for c in images[:8]]
+    ops = [RandomResizedCrop((64, 72)), RandomHorizontalFlip()]
+    ref = ImagePipeline(ops, generator=torch.Generator().manual_seed(3))(datas).to(torch.float32)
+    for op in values:
+        if isinstance(op, ToDtype) and op.scale:
+            ref = ref / 255
+        elif isinstance(op, Normalize):
+            ref = (ref - torch.tensor(op.mean).view(1, -1, 1, 1)) / torch.tensor(op.std).view(1, -1, 1, 1)
+    pipe = ImagePipeline(ops + values, generator=torch.Generator().manual_seed(3))
+    assert (pipe.recipe is not None) == has_recipe
+    assert torch.equal(pipe(datas), ref)
+    if has_recipe:
+        pipe.recipe = pipe.recipe * 1.001  # off by a little: must fall back to the table
+        pipe.generator.manual_seed(3)
+        assert torch.equal(pipe(datas), ref)
+
+
 def test_layouts_and_flip(images):
     datas = [c.data for c in images[:6]]
     nchw = ImagePipeline([Resize((100, 120))])(datas)
