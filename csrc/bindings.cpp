@@ -278,6 +278,80 @@ torch::Tensor pack_first_fit_decreasing(torch::Tensor lengths, int64_t capacity)
   return to_tensor(rows);
 }
 
+// default_collate's common cases without torch's per-item overhead (torch.stack unsqueezes
+// every item; torch.tensor infers a type per element). Each returns None where its case
+// does not hold, and the caller then does what torch does (same result or same error).
+
+constexpr size_t kStackPlainMaxBytes = size_t(1) << 20;
+
+// torch.stack(batch[, out=out]) for batches under 1 MB whose items are all torch.Tensors
+// (not subclasses) on the CPU, strided and contiguous, of the first's shape and dtype,
+// with no conj/neg bits or autograd history to record: one memcpy per item. out must
+// then be contiguous, of that dtype and the stacked shape.
+py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out) {
+  PyObject* seq = batch.ptr();
+  if (!PyList_Check(seq) && !PyTuple_Check(seq)) return py::none();
+  const size_t n = size_t(PySequence_Fast_GET_SIZE(seq));
+  if (n == 0) return py::none();
+  std::vector<const void*> sources(n);
+  const bool grad = at::GradMode::is_enabled();
+  const torch::Tensor* first = nullptr;
+  for (size_t i = 0; i < n; ++i) {
+    PyObject* obj = PySequence_Fast_GET_ITEM(seq, i);
+    if (Py_TYPE(obj) != reinterpret_cast<PyTypeObject*>(THPVariableClass)) return py::none();
+    const torch::Tensor& t = THPVariable_Unpack(obj);
+    if (!t.device().is_cpu() || t.layout() != torch::kStrided || t.is_nested() || t.is_quantized() ||
+        !t.is_contiguous() || t.is_conj() || t.is_neg() || (grad && t.requires_grad()))
+      return py::none();
+    if (first && (t.scalar_type() != first->scalar_type() || t.sizes() != first->sizes()))
+      return py::none();
+    if (!first) first = &t;
+    sources[i] = t.const_data_ptr();
+  }
+  // Large batches: the copy's cost (page faults included) outweighs torch's per-item
+  // overhead, and torch.stack spreads it over its threads.
+  const size_t bytes = first->nbytes();
+  if (bytes * n >= kStackPlainMaxBytes) return py::none();
+  std::vector<int64_t> shape{int64_t(n)};
+  shape.insert(shape.end(), first->sizes().begin(), first->sizes().end());
+  torch::Tensor result;
+  if (out) {
+    if (!out->device().is_cpu() || !out->is_contiguous() || out->scalar_type() != first->scalar_type() ||
+        out->sizes() != torch::IntArrayRef(shape) || (grad && out->requires_grad()))
+      return py::none();
+    result = *out;
+  } else {
+    result = torch::empty(shape, first->options());
+  }
+  auto* dst = static_cast<uint8_t*>(result.data_ptr());
+  for (size_t i = 0; i < n; ++i) std::memcpy(dst + i * bytes, sources[i], bytes);
+  return py::cast(result);
+}
+
+// torch.tensor(batch) for a list or tuple of plain ints that fit int64 (an int64 tensor),
+// or with as_double, torch.tensor(batch, dtype=torch.float64) for one of plain floats.
+py::object tensor_of_numbers(py::handle batch, bool as_double) {
+  PyObject* seq = batch.ptr();
+  if (!PyList_Check(seq) && !PyTuple_Check(seq)) return py::none();
+  const size_t n = size_t(PySequence_Fast_GET_SIZE(seq));
+  torch::Tensor result = torch::empty({int64_t(n)}, as_double ? torch::kFloat64 : torch::kInt64);
+  double* doubles = as_double ? result.data_ptr<double>() : nullptr;
+  int64_t* ints = as_double ? nullptr : result.data_ptr<int64_t>();
+  for (size_t i = 0; i < n; ++i) {
+    PyObject* obj = PySequence_Fast_GET_ITEM(seq, i);
+    if (as_double) {
+      if (!PyFloat_CheckExact(obj)) return py::none();
+      doubles[i] = PyFloat_AS_DOUBLE(obj);
+    } else {
+      int overflow = 0;
+      if (!PyLong_CheckExact(obj)) return py::none();
+      ints[i] = PyLong_AsLongLongAndOverflow(obj, &overflow);
+      if (overflow) return py::none();
+    }
+  }
+  return py::cast(result);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -308,6 +382,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("encode_batch", &wordpiece_encode_batch, py::arg("texts"), py::arg("pairs"),
            py::arg("add_special_tokens"), py::arg("max_length"), py::arg("truncation"), py::arg("num_threads"));
   m.def("pack_first_fit_decreasing", &pack_first_fit_decreasing, py::arg("lengths"), py::arg("capacity"));
+  m.def("stack_plain", &stack_plain, py::arg("batch"), py::arg("out") = py::none());
+  m.def("tensor_of_numbers", &tensor_of_numbers, py::arg("batch"), py::arg("as_double"));
   m.def("scan_tar", &scan_tar, py::arg("data"), py::arg("base"), py::arg("final"),
         py::arg("max_member_size"));
 }

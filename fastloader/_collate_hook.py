@@ -1,10 +1,15 @@
-"""Where `default_collate` stacks tensors inside fastloader workers.
+"""How `default_collate` makes tensors inside fastloader's loading.
 
 torch's `collate_tensor_fn` stacks straight into a new shared-memory storage when it runs
 in a worker, to save a copy. In a fastloader worker process the stack goes into the
-worker's arena instead (reused segments, see `_shm`); in a worker thread it is a plain
-`torch.stack` (no shared memory is needed within one process). Everywhere else the call
-goes to torch's own function unchanged.
+worker's arena instead (reused segments, see `_shm`); in a worker thread, or in the main
+process while a `num_workers=0` loader fetches, into plain memory.
+
+In all of these, the common cases skip torch's per-item overhead: a batch of same-shape
+contiguous CPU tensors is stacked with one memcpy each, and plain ints / floats go
+straight into an int64 / float64 tensor (`_C.stack_plain`, `_C.tensor_of_numbers`): the
+same tensors torch makes, and anything else goes to torch's own code. Everywhere else
+(torch's DataLoader, a user's own call) the calls go to torch's functions unchanged.
 """
 from __future__ import annotations
 
@@ -13,7 +18,13 @@ import threading
 import torch
 from torch.utils.data._utils import collate as torch_collate
 
-_torch_collate_tensor_fn = torch_collate.collate_tensor_fn
+from . import _C
+
+_torch_fns = {
+    torch.Tensor: torch_collate.collate_tensor_fn,
+    int: torch_collate.collate_int_fn,
+    float: torch_collate.collate_float_fn,
+}
 _local = threading.local()
 _process_arena = None  # set once in a worker process
 
@@ -23,20 +34,41 @@ def set_process_arena(arena) -> None:
     _process_arena = arena
 
 
-def mark_thread_worker(on: bool) -> None:
-    _local.in_thread_worker = on
+def mark_fetching(on: bool) -> bool:
+    """Sets whether this thread is loading a batch for fastloader (a worker thread, or the
+    main thread of a loader without workers); returns what it was."""
+    was = getattr(_local, "fetching", False)
+    _local.fetching = on
+    return was
+
+
+def _ours() -> bool:
+    return _process_arena is not None or getattr(_local, "fetching", False)
 
 
 def collate_tensor_fn(batch, *, collate_fn_map=None):
-    elem = batch[0]
-    plain = type(elem) is torch.Tensor and elem.layout == torch.strided and not elem.is_nested
-    if plain and getattr(_local, "in_thread_worker", False):
-        return torch.stack(batch, 0)
-    if plain and _process_arena is not None and elem.device.type == "cpu":
-        out = _process_arena.empty((len(batch), *elem.shape), elem.dtype)
-        return torch.stack(batch, 0, out=out)
-    return _torch_collate_tensor_fn(batch, collate_fn_map=collate_fn_map)
+    if _ours():
+        elem = batch[0]
+        if type(elem) is torch.Tensor and elem.layout == torch.strided and not elem.is_nested:
+            out = None
+            if _process_arena is not None and elem.device.type == "cpu":
+                out = _process_arena.empty((len(batch), *elem.shape), elem.dtype)
+            stacked = _C.stack_plain(batch, out)
+            return stacked if stacked is not None else torch.stack(batch, 0, out=out)
+    return _torch_fns[torch.Tensor](batch, collate_fn_map=collate_fn_map)
+
+
+def collate_int_fn(batch, *, collate_fn_map=None):
+    made = _C.tensor_of_numbers(batch, False) if _ours() else None
+    return made if made is not None else _torch_fns[int](batch, collate_fn_map=collate_fn_map)
+
+
+def collate_float_fn(batch, *, collate_fn_map=None):
+    made = _C.tensor_of_numbers(batch, True) if _ours() else None
+    return made if made is not None else _torch_fns[float](batch, collate_fn_map=collate_fn_map)
 
 
 def install() -> None:
-    torch_collate.default_collate_fn_map[torch.Tensor] = collate_tensor_fn
+    fns = {torch.Tensor: collate_tensor_fn, int: collate_int_fn, float: collate_float_fn}
+    for kind, fn in fns.items():
+        torch_collate.default_collate_fn_map[kind] = fn

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import _utils as torch_utils
 from torch.utils.data.dataloader import _DatasetKind
 
+from . import _collate_hook
 from ._worker_loop import WorkerSetup, _is_stateful
 from ._workers import ProcessPool, ThreadPool, UnreadBatch, WorkerDied
 from .sampling import batch_indices, safe_to_draw_before_fork
@@ -306,7 +307,11 @@ class LoaderIterator:
     def _next_serial(self):
         pos, index = self._next_index()
         t0 = time.perf_counter()
-        data = self._fetcher.fetch(index)
+        was_fetching = _collate_hook.mark_fetching(True)
+        try:
+            data = self._fetcher.fetch(index)
+        finally:
+            _collate_hook.mark_fetching(was_fetching)
         self._times.fetch_s += time.perf_counter() - t0
         self._mark_done(pos)
         ws = self._wstate[0]

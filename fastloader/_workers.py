@@ -347,7 +347,7 @@ class ProcessPool:
 
 # -- thread workers ----------------------------------------------------------------------
 def _thread_main(setup: WorkerSetup, tasks: queue.SimpleQueue, results: queue.SimpleQueue):
-    _collate_hook.mark_thread_worker(True)
+    _collate_hook.mark_fetching(True)
     worker = Worker(setup)
     try:
         while True:
@@ -359,7 +359,7 @@ def _thread_main(setup: WorkerSetup, tasks: queue.SimpleQueue, results: queue.Si
                 results.put((setup.worker_id, reply))
     finally:
         _worker_info.clear_thread()
-        _collate_hook.mark_thread_worker(False)
+        _collate_hook.mark_fetching(False)
 
 
 class ThreadPool:

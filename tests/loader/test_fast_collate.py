@@ -1,0 +1,117 @@
+"""default_collate inside fastloader's fetches (stack by memcpy, numbers straight into a
+tensor) against torch's own default_collate, case by case: same tensors, same errors."""
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+import fastloader
+from fastloader import _C, _collate_hook
+
+
+def ours(batch):
+    was = _collate_hook.mark_fetching(True)
+    try:
+        return default_collate(batch)
+    finally:
+        _collate_hook.mark_fetching(was)
+
+
+def assert_same(a, b):
+    if isinstance(a, torch.Tensor):
+        assert type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape
+        assert a.stride() == b.stride() and a.requires_grad == b.requires_grad
+        assert torch.equal(a.resolve_conj(), b.resolve_conj())
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k])
+    else:
+        assert a == b
+
+
+def rand(*shape, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(*shape, generator=g) * 100).to(dtype)
+
+
+CASES = {
+    "float tensors": lambda: [rand(32, seed=i) for i in range(64)],
+    "int64 and bool": lambda: [(rand(3, 2, dtype=torch.int64, seed=i), rand(4, seed=i) > 50) for i in range(9)],
+    "complex": lambda: [torch.complex(rand(5, seed=i), rand(5, seed=i + 1)) for i in range(4)],
+    "scalars": lambda: [torch.tensor(float(i)) for i in range(7)],
+    "empty": lambda: [torch.zeros(0, 3) for _ in range(5)],
+    "non-contiguous": lambda: [rand(4, 6, seed=i).t() for i in range(5)],
+    "channels_last": lambda: [rand(1, 3, 4, 4, seed=i).contiguous(memory_format=torch.channels_last)[0]
+                              for i in range(3)],
+    "mixed dtypes": lambda: [rand(3), rand(3, dtype=torch.float64)],
+    "conj": lambda: [torch.complex(rand(3, seed=i), rand(3)).conj() for i in range(3)],
+    "parameters": lambda: [torch.nn.Parameter(rand(3, seed=i), requires_grad=False) for i in range(3)],
+    "ints": lambda: [(i, -i * 7919, 2**62 + i) for i in range(10)],
+    "bools": lambda: [True, False, True],
+    "ints then a float": lambda: [1, 2, 3.5],
+    "floats": lambda: [0.5 * i for i in range(10)],
+    "floats then an int": lambda: [0.5, 2],
+    "numpy": lambda: [np.full((2, 3), i, dtype=np.int16) for i in range(4)],
+    "dicts": lambda: [{"x": rand(2, seed=i), "y": i, "z": float(i)} for i in range(6)],
+    "large": lambda: [rand(64, 64, 64, seed=i) for i in range(5)],  # over 1 MB: torch.stack's
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_same_as_torch(case):
+    assert_same(ours(CASES[case]()), default_collate(CASES[case]()))
+
+
+def test_autograd_is_recorded_as_torch_does():
+    batch = [rand(3, seed=i).requires_grad_() for i in range(4)]
+    fast = ours(batch)
+    assert fast.requires_grad and fast.grad_fn is not None
+    fast.sum().backward()
+    assert all(torch.equal(t.grad, torch.ones(3)) for t in batch)
+    with torch.no_grad():
+        assert_same(ours(batch), default_collate(batch))
+
+
+@pytest.mark.parametrize("batch", [
+    [torch.zeros(3), torch.zeros(4)],
+    [torch.zeros(3), torch.zeros(3, device="meta")],
+    [2**63, 1],
+])
+def test_same_errors_as_torch(batch):
+    with pytest.raises(Exception) as theirs:
+        default_collate(batch)
+    with pytest.raises(type(theirs.value)) as mine:
+        ours(batch)
+    assert str(mine.value) == str(theirs.value)
+
+
+def test_fast_paths_take_the_plain_cases_only():
+    plain = [rand(2, 3, seed=i) for i in range(4)]
+    assert torch.equal(_C.stack_plain(plain), torch.stack(plain))
+    out = torch.empty(4, 2, 3)
+    assert _C.stack_plain(tuple(plain), out) is not None and torch.equal(out, torch.stack(plain))
+    assert _C.stack_plain(plain, torch.empty(4, 6)) is None  # out of another shape
+    assert _C.stack_plain([plain[0], plain[1].t()]) is None
+    assert _C.stack_plain([plain[0], torch.nn.Parameter(plain[1])]) is None
+    assert _C.stack_plain([plain[0], plain[1].double()]) is None
+    assert _C.stack_plain([torch.zeros(2**18)] * 2) is None  # 2 MB: torch.stack copies in parallel
+    assert torch.equal(_C.tensor_of_numbers([1, -2, 2**63 - 1], False), torch.tensor([1, -2, 2**63 - 1]))
+    assert _C.tensor_of_numbers([1, True], False) is None and _C.tensor_of_numbers([2**63], False) is None
+    assert _C.tensor_of_numbers([1.5, 2], True) is None
+
+
+def test_torch_dataloader_keeps_torch_functions(monkeypatch):
+    """Outside fastloader's fetches the hook hands every call to torch unchanged."""
+    called = []
+    monkeypatch.setattr(_C, "stack_plain", lambda *a: called.append(a))
+    monkeypatch.setattr(_C, "tensor_of_numbers", lambda *a: called.append(a))
+    data = [(rand(3, seed=i), i, float(i)) for i in range(8)]
+    list(torch.utils.data.DataLoader(data, batch_size=4))
+    assert called == []
+    list(fastloader.DataLoader(data, batch_size=4))
+    assert called
