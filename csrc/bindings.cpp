@@ -2,6 +2,7 @@
 // GIL around the torch-free kernels, and maps their errors to Python exceptions.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -211,6 +212,74 @@ py::tuple scan_tar(py::buffer data, uint64_t base, bool final, uint64_t max_memb
   return py::make_tuple(names, where, scan.consumed, scan.at_end, scan.error, scan.error_offset);
 }
 
+// A contiguous 1-D buffer of `T` (what numpy's int64 / int32 arrays give).
+template <typename T>
+const T* typed_items(const py::buffer_info& b, size_t n, const char* what) {
+  if (b.itemsize != sizeof(T) || b.ndim != 1 || size_t(b.size) != n || (n > 1 && b.strides[0] != sizeof(T)))
+    throw py::value_error(std::string(what) + " must be a contiguous 1-D array of " + std::to_string(n) +
+                          " " + std::to_string(8 * sizeof(T)) + "-bit items");
+  return static_cast<const T*>(b.ptr);
+}
+
+// The sample dicts of one chunk: sample i is {"__key__": key i, "__url__": url, ext: bytes,
+// ...} with its counts[i] members in order, member j's bytes being data[off[j]:end[j]]
+// (clamped to data as a Python slice is) under exts[ext[j]]. keys is a list of the n keys,
+// or bytes holding them as UTF-8 (surrogateescape) at [key_starts[i], key_ends[i]).
+py::list build_samples(py::buffer data, py::object keys, py::buffer key_starts, py::buffer key_ends,
+                       py::buffer counts, py::buffer ext, py::buffer off, py::buffer end,
+                       py::list exts, py::str url) {
+  const py::buffer_info buf = data.request();
+  if (buf.ndim != 1 || buf.itemsize != 1 || (buf.size > 1 && buf.strides[0] != 1))
+    throw py::value_error("shard data must be a contiguous 1-D byte buffer");
+  const auto* base = static_cast<const char*>(buf.ptr);
+  const int64_t len = buf.size;
+  const py::buffer_info cn = counts.request();
+  const size_t n = size_t(cn.size);
+  const int64_t* count = typed_items<int64_t>(cn, n, "counts");
+  const bool listed = PyList_Check(keys.ptr());
+  if (listed ? size_t(PyList_GET_SIZE(keys.ptr())) != n : !PyBytes_Check(keys.ptr()))
+    throw py::value_error("keys must be a list of one key per sample, or bytes");
+  const py::buffer_info ks = key_starts.request(), ke = key_ends.request();
+  const int64_t* k0 = listed ? nullptr : typed_items<int64_t>(ks, n, "key_starts");
+  const int64_t* k1 = listed ? nullptr : typed_items<int64_t>(ke, n, "key_ends");
+  const char* blob = listed ? nullptr : PyBytes_AS_STRING(keys.ptr());
+  const int64_t blob_len = listed ? 0 : PyBytes_GET_SIZE(keys.ptr());
+  const py::buffer_info ex = ext.request(), of = off.request(), en = end.request();
+  const size_t members = size_t(ex.size);
+  const int32_t* e = typed_items<int32_t>(ex, members, "ext");
+  const int64_t* o = typed_items<int64_t>(of, members, "off");
+  const int64_t* x = typed_items<int64_t>(en, members, "end");
+  const Py_ssize_t n_exts = Py_ssize_t(exts.size());
+  static PyObject* key_name = PyUnicode_InternFromString("__key__");
+  static PyObject* url_name = PyUnicode_InternFromString("__url__");
+  py::list out(n);
+  size_t m = 0;
+  for (size_t i = 0; i < n; ++i) {
+    py::object key;
+    if (listed) {
+      key = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(keys.ptr(), Py_ssize_t(i)));
+    } else {
+      if (k0[i] < 0 || k0[i] > k1[i] || k1[i] > blob_len) throw py::value_error("key range outside the key blob");
+      key = py::reinterpret_steal<py::object>(
+          PyUnicode_DecodeUTF8(blob + k0[i], Py_ssize_t(k1[i] - k0[i]), "surrogateescape"));
+    }
+    py::object sample = py::reinterpret_steal<py::object>(PyDict_New());
+    if (!sample || !key || PyDict_SetItem(sample.ptr(), key_name, key.ptr()) ||
+        PyDict_SetItem(sample.ptr(), url_name, url.ptr()))
+      throw py::error_already_set();
+    if (count[i] < 0 || m + size_t(count[i]) > members) throw py::value_error("member counts exceed the members");
+    for (const size_t stop = m + size_t(count[i]); m < stop; ++m) {
+      if (e[m] < 0 || e[m] >= n_exts) throw py::value_error("extension id out of range");
+      const int64_t a = std::clamp<int64_t>(o[m], 0, len), b = std::clamp<int64_t>(x[m], a, len);
+      py::object value = py::reinterpret_steal<py::object>(PyBytes_FromStringAndSize(base + a, Py_ssize_t(b - a)));
+      if (!value || PyDict_SetItem(sample.ptr(), PyList_GET_ITEM(exts.ptr(), e[m]), value.ptr()))
+        throw py::error_already_set();
+    }
+    PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), sample.release().ptr());
+  }
+  return out;
+}
+
 torch::Tensor to_tensor(const std::vector<int64_t>& v) {
   torch::Tensor t = torch::empty({int64_t(v.size())}, torch::kInt64);
   if (!v.empty()) std::memcpy(t.data_ptr<int64_t>(), v.data(), v.size() * sizeof(int64_t));
@@ -285,9 +354,11 @@ torch::Tensor pack_first_fit_decreasing(torch::Tensor lengths, int64_t capacity)
 constexpr size_t kStackPlainMaxBytes = size_t(1) << 20;
 
 // torch.stack(batch[, out=out]) for batches under 1 MB whose items are all torch.Tensors
-// (not subclasses) on the CPU, strided and contiguous, of the first's shape and dtype,
-// with no conj/neg bits or autograd history to record: one memcpy per item. out must
-// then be contiguous, of that dtype and the stacked shape.
+// (not subclasses) on the CPU, strided and contiguous, holding their data (no zero
+// tensors), of the first's shape and dtype, with no conj/neg bits, no gradient to record
+// (requires_grad under grad mode, or a forward-mode tangent): one memcpy per item. out
+// must then be contiguous, of that dtype and the stacked shape. (The caller leaves torch
+// function and dispatch modes to torch.)
 py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out) {
   PyObject* seq = batch.ptr();
   if (!PyList_Check(seq) && !PyTuple_Check(seq)) return py::none();
@@ -301,7 +372,9 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out) {
     if (Py_TYPE(obj) != reinterpret_cast<PyTypeObject*>(THPVariableClass)) return py::none();
     const torch::Tensor& t = THPVariable_Unpack(obj);
     if (!t.device().is_cpu() || t.layout() != torch::kStrided || t.is_nested() || t.is_quantized() ||
-        !t.is_contiguous() || t.is_conj() || t.is_neg() || (grad && t.requires_grad()))
+        !t.is_contiguous() || t.is_conj() || t.is_neg() || t._is_zerotensor() ||
+        (grad && t.requires_grad()) || t._fw_grad(/*level=*/0).defined() ||
+        (t.nbytes() > 0 && t.const_data_ptr() == nullptr))
       return py::none();
     if (first && (t.scalar_type() != first->scalar_type() || t.sizes() != first->sizes()))
       return py::none();
@@ -334,6 +407,7 @@ py::object tensor_of_numbers(py::handle batch, bool as_double) {
   PyObject* seq = batch.ptr();
   if (!PyList_Check(seq) && !PyTuple_Check(seq)) return py::none();
   const size_t n = size_t(PySequence_Fast_GET_SIZE(seq));
+  if (n == 0) return py::none();  // torch.tensor([]) is float32
   torch::Tensor result = torch::empty({int64_t(n)}, as_double ? torch::kFloat64 : torch::kInt64);
   double* doubles = as_double ? result.data_ptr<double>() : nullptr;
   int64_t* ints = as_double ? nullptr : result.data_ptr<int64_t>();
@@ -384,6 +458,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_first_fit_decreasing", &pack_first_fit_decreasing, py::arg("lengths"), py::arg("capacity"));
   m.def("stack_plain", &stack_plain, py::arg("batch"), py::arg("out") = py::none());
   m.def("tensor_of_numbers", &tensor_of_numbers, py::arg("batch"), py::arg("as_double"));
+  m.def("build_samples", &build_samples, py::arg("data"), py::arg("keys"), py::arg("key_starts"),
+        py::arg("key_ends"), py::arg("counts"), py::arg("ext"), py::arg("off"), py::arg("end"),
+        py::arg("exts"), py::arg("url"));
   m.def("scan_tar", &scan_tar, py::arg("data"), py::arg("base"), py::arg("final"),
         py::arg("max_member_size"));
 }

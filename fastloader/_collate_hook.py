@@ -5,10 +5,11 @@ in a worker, to save a copy. In a fastloader worker process the stack goes into 
 worker's arena instead (reused segments, see `_shm`); in a worker thread, or in the main
 process while a `num_workers=0` loader fetches, into plain memory.
 
-In all of these, the common cases skip torch's per-item overhead: a batch of same-shape
-contiguous CPU tensors is stacked with one memcpy each, and plain ints / floats go
-straight into an int64 / float64 tensor (`_C.stack_plain`, `_C.tensor_of_numbers`): the
-same tensors torch makes, and anything else goes to torch's own code. Everywhere else
+In all of these, the common cases skip torch's per-item overhead: a batch (under 1 MB) of
+same-shape contiguous CPU tensors is stacked with one memcpy each, and plain ints /
+floats go straight into an int64 / float64 tensor (`_C.stack_plain`,
+`_C.tensor_of_numbers`): the same tensors torch makes. Anything else, and everything
+while a torch function or dispatch mode is on, goes to torch's own code. Everywhere else
 (torch's DataLoader, a user's own call) the calls go to torch's functions unchanged.
 """
 from __future__ import annotations
@@ -42,29 +43,35 @@ def mark_fetching(on: bool) -> bool:
     return was
 
 
-def _ours() -> bool:
+def _fetching() -> bool:
     return _process_arena is not None or getattr(_local, "fetching", False)
 
 
+def _compiled_ok() -> bool:
+    """No torch function or dispatch mode (a default device, a profiler, fake tensors)
+    is on, which should see torch's own calls."""
+    return not torch._C._is_torch_function_mode_enabled() and torch._C._len_torch_dispatch_stack() == 0
+
+
 def collate_tensor_fn(batch, *, collate_fn_map=None):
-    if _ours():
+    if _fetching():
         elem = batch[0]
         if type(elem) is torch.Tensor and elem.layout == torch.strided and not elem.is_nested:
             out = None
             if _process_arena is not None and elem.device.type == "cpu":
                 out = _process_arena.empty((len(batch), *elem.shape), elem.dtype)
-            stacked = _C.stack_plain(batch, out)
+            stacked = _C.stack_plain(batch, out) if _compiled_ok() else None
             return stacked if stacked is not None else torch.stack(batch, 0, out=out)
     return _torch_fns[torch.Tensor](batch, collate_fn_map=collate_fn_map)
 
 
 def collate_int_fn(batch, *, collate_fn_map=None):
-    made = _C.tensor_of_numbers(batch, False) if _ours() else None
+    made = _C.tensor_of_numbers(batch, False) if _fetching() and _compiled_ok() else None
     return made if made is not None else _torch_fns[int](batch, collate_fn_map=collate_fn_map)
 
 
 def collate_float_fn(batch, *, collate_fn_map=None):
-    made = _C.tensor_of_numbers(batch, True) if _ours() else None
+    made = _C.tensor_of_numbers(batch, True) if _fetching() and _compiled_ok() else None
     return made if made is not None else _torch_fns[float](batch, collate_fn_map=collate_fn_map)
 
 

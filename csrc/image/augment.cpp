@@ -102,7 +102,7 @@ struct PlanarPicker {
 
 // write_sample<float, 3, NCHW> with AVX2, 8 pixels of one channel at a time. Values come
 // from the table with a gather, or, when `recipe` is given (the table's own float32
-// steps, checked against it: see ValueRecipe), are computed: the gather is the slow part.
+// steps, checked against it by checked_recipe), are computed: the gather is the slow part.
 // pixels needs 4 readable bytes past its end.
 void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const float* table,
                           const float* recipe, float* out) {

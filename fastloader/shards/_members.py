@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import _origins
+from .. import _C, _origins
 from . import _local
 from .._heap import keep_freed_memory
 
+_NO_RANGE = np.zeros(0, np.int64)  # keys given as a list: no ranges into a blob
 _META = re.compile(r"__[^/]*__($|/)")
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 
@@ -163,6 +164,8 @@ class SampleMaker:
         self.copy = not views and not isinstance(data, (bytes, mmap.mmap, _local.PreadShard))
         self.ext = [samples.exts[e] for e in range(len(samples.exts))]
         self.end = samples.offset + samples.size
+        # bytes copied out of a buffer in memory (an mmap, bytes): the dicts are built in C++
+        self.compiled = not views and not isinstance(data, _local.PreadShard)
 
     def make_many(self, idx: np.ndarray) -> tuple[list[dict], list[int]]:
         """Samples idx (in that order) and the member bytes of each, gathered at once."""
@@ -173,12 +176,21 @@ class SampleMaker:
         # the member numbers of every sample, concatenated
         starts = np.cumsum(counts) - counts
         members = np.arange(total) + np.repeat(lo - starts, counts)
-        ext, exts = s.member_ext[members].tolist(), self.ext
-        off, end = s.offset[members].tolist(), self.end[members].tolist()
         nbytes = np.add.reduceat(s.size[members], starts).tolist() if total else [0] * len(idx)
-        url, data, copy = self.url, self.data, self.copy
+        url, data, copy, exts = self.url, self.data, self.copy, self.ext
         if not isinstance(data, memoryview) and total and int(s.size[members].max()) >= _origins.MIN_SIZE:
             keep_freed_memory()  # large bytes objects, made and freed batch after batch
+        if self.compiled:
+            i = np.asarray(idx, dtype=np.int64)
+            if isinstance(s.keys, KeyTable):
+                keys, key_ends = s.keys.blob, s.keys.ends[i]
+                key_starts = np.where(i > 0, s.keys.ends[i - 1], 0)
+            else:
+                keys, key_starts, key_ends = [s.keys[k] for k in i.tolist()], _NO_RANGE, _NO_RANGE
+            return _C.build_samples(data, keys, key_starts, key_ends, counts, s.member_ext[members],
+                                    s.offset[members], self.end[members], exts, url), nbytes
+        ext = s.member_ext[members].tolist()
+        off, end = s.offset[members].tolist(), self.end[members].tolist()
         note = isinstance(data, _local.PreadShard) and data.local and _origins.enabled()
         wanted = idx.tolist()
         keys = s.keys.take(wanted) if isinstance(s.keys, KeyTable) else [s.keys[i] for i in wanted]

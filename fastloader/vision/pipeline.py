@@ -226,7 +226,7 @@ class ImagePipeline:
         kernel_errors = _C.augment_batch(
             buffers, geometry, flips, batch, self.mode_code, LAYOUTS[self.layout], self.lut,
             self.apply_exif_orientation, self.dct_scaling, self.fast_idct, self.max_pixels, MAX_SCANS, threads,
-            self.recipe,
+            getattr(self, "recipe", None),  # absent from pipelines pickled before it existed
         )
         errors = [e or k for e, k in zip(errors, kernel_errors)]
         valid = torch.tensor([not e for e in errors], dtype=torch.bool)

@@ -77,6 +77,34 @@ def test_autograd_is_recorded_as_torch_does():
         assert_same(ours(batch), default_collate(batch))
 
 
+def test_zero_tensors_and_forward_mode_tangents_as_torch():
+    zeros = [torch._efficientzerotensor(3) for _ in range(4)]
+    assert_same(ours(zeros), default_collate(zeros))
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(rand(3, seed=i), torch.full((3,), float(i))) for i in range(4)]
+        mine, theirs = fwAD.unpack_dual(ours(duals)), fwAD.unpack_dual(default_collate(duals))
+        assert torch.equal(mine.primal, theirs.primal) and torch.equal(mine.tangent, theirs.tangent)
+
+
+def test_modes_see_torch_calls():
+    """A default device (a torch function mode) makes the numbers' tensors there."""
+    batch = [(rand(3, seed=i), i, float(i)) for i in range(4)]
+    with torch.device("meta"):
+        mine, theirs = ours(batch), default_collate(batch)
+    assert [t.device.type for t in mine] == [t.device.type for t in theirs] == ["cpu", "meta", "meta"]
+
+
+def test_empty_lists_as_torch():
+    for kind in (int, float):
+        fn = torch.utils.data._utils.collate.default_collate_fn_map[kind]
+        was = _collate_hook.mark_fetching(True)
+        try:
+            assert_same(fn([]), torch.tensor([], dtype=torch.float64 if kind is float else None))
+        finally:
+            _collate_hook.mark_fetching(was)
+
+
 @pytest.mark.parametrize("batch", [
     [torch.zeros(3), torch.zeros(4)],
     [torch.zeros(3), torch.zeros(3, device="meta")],

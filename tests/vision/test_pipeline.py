@@ -157,6 +157,10 @@ def test_computed_float_values_equal_torch_ops(images, values, has_recipe):
             ref = (ref - torch.tensor(op.mean).view(1, -1, 1, 1)) / torch.tensor(op.std).view(1, -1, 1, 1)
     pipe = ImagePipeline(ops + values, generator=torch.Generator().manual_seed(3))
     assert (pipe.recipe is not None) == has_recipe
+    if has_recipe:  # the steps reproduce the table, so the kernel computes the values
+        d, m, sd = (pipe.recipe[:, k, None].numpy() for k in range(3))
+        computed = (np.arange(256, dtype=np.float32) / d - m) / sd
+        assert computed.dtype == np.float32 and computed.tobytes() == pipe.lut.numpy().tobytes()
     assert torch.equal(pipe(datas), ref)
     if has_recipe:
         pipe.recipe = pipe.recipe * 1.001  # off by a little: must fall back to the table
