@@ -214,3 +214,39 @@ class SometimesRandom(torch.utils.data.Dataset):
 @pytest.mark.parametrize("cut", [1, 2, 3, 5, 8])
 def test_worker_rng_resumes_after_batches_that_drew_nothing(cut):
     check_resume(SometimesRandom, cut, batch_size=4, num_workers=2, persistent_workers=True, epochs=2)
+
+
+class CachedGauss(torch.utils.data.Dataset):
+    """random.gauss draws two normals at a time and keeps one: every other sample takes
+    the kept one, leaving the generator's state as it was and changing only gauss_next."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        return random.gauss(0.0, 1.0) if i % 6 < 4 else 0.0
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_worker_rng_resumes_after_a_batch_that_took_a_kept_gauss(cut):
+    check_resume(CachedGauss, cut, batch_size=1, num_workers=1, epochs=2)
+
+
+
+def test_rng_capture_follows_every_python_draw():
+    """The worker's RNG capture reads random's state raw and calls getstate() only when
+    it changed: after any draw it must equal getstate(), and be the same object when
+    nothing drew."""
+    from fastloader._worker_loop import _RAW_PYTHON_STATE, RngCapture
+
+    assert _RAW_PYTHON_STATE  # CPython: the raw path is the one under test
+    capture = RngCapture()
+    first = last = capture()
+    assert capture() is last
+    draws = [random.random, lambda: random.gauss(0, 1), lambda: random.gauss(0, 1), lambda: random.seed(7),
+             lambda: random.getrandbits(3), lambda: random.setstate(first[1]), lambda: random.shuffle([1, 2, 3])]
+    for draw in draws:
+        draw()
+        now = capture()
+        assert now[1] == random.getstate() and now is not last and capture() is now
+        last = now
