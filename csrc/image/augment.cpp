@@ -113,8 +113,9 @@ void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const 
     const uint8_t* in = pixels + size_t(y) * W * 3;
     for (int c = 0; c < 3; ++c) {
       const float* tc = table + c * 256;
-      const float* rc = recipe ? recipe + 3 * c : tc;
-      const __m256 divisor = _mm256_set1_ps(rc[0]), mean = _mm256_set1_ps(rc[1]), stdev = _mm256_set1_ps(rc[2]);
+      const float* rc = recipe ? recipe + 3 * c : nullptr;  // divisor, mean, std
+      const __m256 divisor = _mm256_set1_ps(rc ? rc[0] : 1.0f), mean = _mm256_set1_ps(rc ? rc[1] : 0.0f),
+                   stdev = _mm256_set1_ps(rc ? rc[2] : 1.0f);
       float* dst = out + (size_t(c) * H + y) * W;
       const bool aligned = (reinterpret_cast<uintptr_t>(dst) & 31) == 0;
       for (int x = 0; x < W8; x += 8) {
