@@ -183,3 +183,29 @@ def test_the_heap_keeps_a_freed_batch_for_the_next_one():
 
     assert kept("plain") < 1 << 20  # glibc gave the freed batch back to the kernel
     assert kept("keep") >= 56 * 100_000  # kept (most of it) for the next batch
+
+
+_WORKER_HEAP_PROBE = r"""
+import resource, sys
+import torch, fastloader
+
+def faults_of_a_batch(_=None):
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    batch = [bytes(100_000) for _ in range(64)]  # 6.4 MB written, then freed
+    del batch
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+
+faults_of_a_batch()
+print(faults_of_a_batch(), *fastloader.DataLoader(range(4), batch_size=None, num_workers=1,
+                                                  collate_fn=faults_of_a_batch))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_worker_processes_keep_a_freed_batch_for_the_next_one():
+    """A dataset's per-sample arrays freed after each batch stay in a worker's heap, where
+    glibc would give them back and every later batch would fault each page in again."""
+    out = subprocess.run([sys.executable, "-c", _WORKER_HEAP_PROBE], capture_output=True, text=True, check=True)
+    in_main, *in_worker = map(int, out.stdout.split())
+    assert in_main > 500  # the main process's malloc is left as it is: its pages faulted in again
+    assert len(in_worker) == 4 and max(in_worker[2:]) < 50  # no new pages once the heap has grown
