@@ -11,7 +11,8 @@ twice that, as it expects such sizes to recur. `keep_freed_memory()` frees such 
 once: the heap then keeps up to 64 MiB of freed memory, as in any process that has freed
 a 32 MiB array. A process that set its own thresholds (mallopt, MALLOC_*_ env vars)
 turned glibc's dynamic raise off, so its settings stand. Elsewhere than glibc, nothing
-happens.
+happens. Worker processes call it as they start (a dataset's per-sample arrays are made
+and freed batch after batch too); the main process only once large shard members reach it.
 """
 from __future__ import annotations
 
