@@ -6,7 +6,6 @@ Names without an extension and `__meta__` entries are skipped, as webdataset doe
 """
 from __future__ import annotations
 
-import mmap
 import re
 from dataclasses import dataclass, field
 
@@ -158,14 +157,13 @@ class SampleMaker:
     def __init__(self, samples: Samples, data, url: str, views: bool = False):
         self.samples = samples
         self.url = url
-        # views: memoryview slices of data (no copy); else bytes (the slices of an mmap,
-        # a PreadShard or a bytes are bytes already; a memoryview's are copied)
+        # views: memoryview slices of data (no copy), built here; else bytes: read with a
+        # PreadShard's pread, built here, or copied out of a buffer in memory (an mmap,
+        # bytes, a memoryview), the dicts built in C++
         self.data = memoryview(data) if views and not isinstance(data, memoryview) else data
-        self.copy = not views and not isinstance(data, (bytes, mmap.mmap, _local.PreadShard))
+        self.compiled = not views and not isinstance(data, _local.PreadShard)
         self.ext = [samples.exts[e] for e in range(len(samples.exts))]
         self.end = samples.offset + samples.size
-        # bytes copied out of a buffer in memory (an mmap, bytes): the dicts are built in C++
-        self.compiled = not views and not isinstance(data, _local.PreadShard)
 
     def make_many(self, idx: np.ndarray) -> tuple[list[dict], list[int]]:
         """Samples idx (in that order) and the member bytes of each, gathered at once."""
@@ -177,7 +175,7 @@ class SampleMaker:
         starts = np.cumsum(counts) - counts
         members = np.arange(total) + np.repeat(lo - starts, counts)
         nbytes = np.add.reduceat(s.size[members], starts).tolist() if total else [0] * len(idx)
-        url, data, copy, exts = self.url, self.data, self.copy, self.ext
+        url, data, exts = self.url, self.data, self.ext
         if not isinstance(data, memoryview) and total and int(s.size[members].max()) >= _origins.MIN_SIZE:
             keep_freed_memory()  # large bytes objects, made and freed batch after batch
         if self.compiled:
@@ -199,7 +197,7 @@ class SampleMaker:
         for key, c in zip(keys, counts.tolist()):
             sample = {"__key__": key, "__url__": url}
             for j in range(m, m + c):
-                value = bytes(data[off[j]:end[j]]) if copy else data[off[j]:end[j]]
+                value = data[off[j]:end[j]]
                 sample[exts[ext[j]]] = value
                 if note and end[j] - off[j] >= _origins.MIN_SIZE:
                     _origins.note(value, data, off[j])

@@ -114,9 +114,9 @@ def _value_recipe(plan: _Plan, channels: int) -> torch.Tensor | None:
                 if divisor != 1.0 or normalized:
                     return None
                 divisor = 255.0
-        elif normalized or len(op.mean) not in (1, channels) or len(op.std) not in (1, channels):
+        elif normalized:
             return None
-        else:
+        else:  # mean/std lengths were checked by _value_table
             mean, std, normalized = tuple(op.mean), tuple(op.std), True
     steps = torch.empty(channels, 3, dtype=torch.float32)
     steps[:, 0] = divisor
