@@ -12,7 +12,13 @@ once: the heap then keeps up to 64 MiB of freed memory, as in any process that h
 a 32 MiB array. A process that set its own thresholds (mallopt, MALLOC_*_ env vars)
 turned glibc's dynamic raise off, so its settings stand. Elsewhere than glibc, nothing
 happens. Worker processes call it as they start (a dataset's per-sample arrays are made
-and freed batch after batch too); the main process only once large shard members reach it.
+and freed batch after batch too); the main process once a loader fetches in it (no
+workers, or thread workers) or large shard members reach it.
+
+`huge_page_heap()` (worker processes only) also grows the heap's top by ~30 MiB at once
+and asks for transparent huge pages there: a worker's first batches of large arrays then
+fault in 2 MiB at a time instead of 4 KiB (~500x fewer faults, each ~2-3 us on a VM).
+Untouched parts of it take no memory; used parts round up to 2 MiB.
 """
 from __future__ import annotations
 
@@ -20,6 +26,9 @@ import ctypes
 
 _BLOCK = (32 << 20) - (64 << 10)  # glibc raises its thresholds only for blocks <= 32 MiB
 _done = False  # forked children inherit the heap's settings, so this too
+_HUGE_REGION = 30 << 20  # under the raised mmap threshold: taken from the heap's top
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
 
 
 def _glibc():
@@ -31,6 +40,7 @@ def _glibc():
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return libc
 
 
@@ -42,3 +52,19 @@ def keep_freed_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.free(libc.malloc(_BLOCK))  # above the mmap threshold: mmap'd, never touched
+
+
+def huge_page_heap() -> None:
+    """Keeps freed memory, and backs the next ~30 MiB of the heap with huge pages (where
+    the kernel's transparent huge pages allow it: `madvise` mode or `always`)."""
+    keep_freed_memory()
+    libc = _glibc()
+    if libc is None:
+        return
+    block = libc.malloc(_HUGE_REGION)
+    if not block:
+        return
+    lo = -(-block // _HUGE_PAGE) * _HUGE_PAGE
+    hi = (block + _HUGE_REGION) // _HUGE_PAGE * _HUGE_PAGE
+    libc.madvise(lo, hi - lo, _MADV_HUGEPAGE)  # a failure only means small pages
+    libc.free(block)  # kept at the heap's top: the trim threshold is now 64 MiB

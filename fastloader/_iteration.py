@@ -22,6 +22,7 @@ from torch.utils.data import _utils as torch_utils
 from torch.utils.data.dataloader import _DatasetKind
 
 from . import _collate_hook
+from ._heap import keep_freed_memory
 from ._worker_loop import WorkerSetup, _is_stateful
 from ._workers import ProcessPool, ThreadPool, UnreadBatch, WorkerDied
 from .sampling import batch_indices, safe_to_draw_before_fork
@@ -59,6 +60,8 @@ class LoaderIterator:
         self._pin_memory = loader.pin_memory and torch.accelerator.is_available()
         _warn_pin_memory(loader)
         self._pool = None
+        if self._num_workers == 0 or loader.worker_type == "thread":
+            keep_freed_memory()  # fetches run here: per-sample arrays, made and freed batch after batch
         self._reports = True  # leaves its state to the loader when it goes (see loader.py)
         self._times = _StageTimes()
         self._base_seed: int | None = None

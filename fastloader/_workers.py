@@ -23,7 +23,7 @@ import torch
 from torch._utils import ExceptionWrapper
 
 from . import _collate_hook, _origins, _worker_info
-from ._heap import keep_freed_memory
+from ._heap import huge_page_heap
 from ._shm import MainSegments, WorkerArena, deal_spares
 from ._worker_loop import Worker, WorkerSetup
 
@@ -92,7 +92,7 @@ def _process_main(setup: WorkerSetup, sock: socket.socket, spares: list[tuple[in
     try:
         torch._C._set_worker_signal_handlers()
         torch.multiprocessing._set_thread_name("pt_data_worker")
-        keep_freed_memory()  # a dataset's per-sample arrays, made and freed batch after batch
+        huge_page_heap()  # a dataset's per-sample arrays, made and freed batch after batch
         arena = WorkerArena(setup.worker_id)
         arena.adopt(spares)
         _collate_hook.set_process_arena(arena)

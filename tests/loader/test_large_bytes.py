@@ -185,7 +185,7 @@ def test_the_heap_keeps_a_freed_batch_for_the_next_one():
     assert kept("keep") >= 56 * 100_000  # kept (most of it) for the next batch
 
 
-_WORKER_HEAP_PROBE = r"""
+_LOADER_HEAP_PROBE = r"""
 import resource, sys
 import torch, fastloader
 
@@ -195,17 +195,70 @@ def faults_of_a_batch(_=None):
     del batch
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
 
+def huge_heap_mappings(_=None):
+    with open("/proc/self/smaps") as f:
+        blocks = f.read().split("\n")
+    eligible, name = 0, None
+    for line in blocks:
+        if line[:1].isdigit() or line[:1] in "abcdef":  # a mapping's first line
+            name = line.split()[5] if len(line.split()) > 5 else ""
+        elif line.startswith("THPeligible:") and name == "[heap]":
+            eligible += int(line.split()[1])
+    return eligible
+
+kind, workers = sys.argv[1], int(sys.argv[2])
+cls = torch.utils.data.DataLoader if kind == "torch" else fastloader.DataLoader
+extra = {"worker_type": "thread"} if kind == "thread" else {}
 faults_of_a_batch()
-print(faults_of_a_batch(), *fastloader.DataLoader(range(4), batch_size=None, num_workers=1,
-                                                  collate_fn=faults_of_a_batch))
+print(faults_of_a_batch(), *cls(range(4), batch_size=None, num_workers=workers, collate_fn=faults_of_a_batch,
+                                **extra),
+      *cls(range(1), batch_size=None, num_workers=workers, collate_fn=huge_heap_mappings, **extra))
 """
+
+
+def _loader_heap_probe(kind: str, workers: int) -> tuple[int, list[int], int]:
+    out = subprocess.run([sys.executable, "-c", _LOADER_HEAP_PROBE, kind, str(workers)], capture_output=True,
+                         text=True, check=True)
+    before, *during, huge = map(int, out.stdout.split())
+    return before, during, huge
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_worker_processes_keep_a_freed_batch_for_the_next_one():
     """A dataset's per-sample arrays freed after each batch stay in a worker's heap, where
     glibc would give them back and every later batch would fault each page in again."""
-    out = subprocess.run([sys.executable, "-c", _WORKER_HEAP_PROBE], capture_output=True, text=True, check=True)
-    in_main, *in_worker = map(int, out.stdout.split())
+    in_main, in_worker, _ = _loader_heap_probe("process", 1)
     assert in_main > 500  # the main process's malloc is left as it is: its pages faulted in again
     assert len(in_worker) == 4 and max(in_worker[2:]) < 50  # no new pages once the heap has grown
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.parametrize("kind, workers", [("process", 0), ("thread", 1)])
+def test_fetching_in_the_main_process_keeps_a_freed_batch_for_the_next_one(kind, workers):
+    before, during, _ = _loader_heap_probe(kind, workers)
+    assert before > 500  # before the loader, glibc gave each freed batch back
+    assert len(during) == 4 and max(during[2:]) < 50  # no new pages once the heap has grown
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_torch_loader_leaves_the_heap_as_it_is():
+    """The reference for the tests above: the same batches fault in again under torch."""
+    _, during, huge = _loader_heap_probe("torch", 0)
+    assert min(during) > 500 and huge == 0
+
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "never"
+
+
+@pytest.mark.skipif(_thp_mode() != "madvise", reason="transparent huge pages not in madvise mode")
+def test_worker_processes_back_their_heap_with_huge_pages():
+    """The first batches of large arrays fault in 2 MiB at a time (only where asked for,
+    in madvise mode): a worker's heap has a huge-page region, the main process's not."""
+    _, _, huge_in_worker = _loader_heap_probe("process", 1)
+    _, _, huge_in_main = _loader_heap_probe("process", 0)
+    assert huge_in_worker >= 1 and huge_in_main == 0
