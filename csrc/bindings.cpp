@@ -2,8 +2,12 @@
 // GIL around the torch-free kernels, and maps their errors to Python exceptions.
 #include <torch/extension.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -222,17 +226,13 @@ const T* typed_items(const py::buffer_info& b, size_t n, const char* what) {
 }
 
 // The sample dicts of one chunk: sample i is {"__key__": key i, "__url__": url, ext: bytes,
-// ...} with its counts[i] members in order, member j's bytes being data[off[j]:end[j]]
-// (clamped to data as a Python slice is) under exts[ext[j]]. keys is a list of the n keys,
-// or bytes holding them as UTF-8 (surrogateescape) at [key_starts[i], key_ends[i]).
-py::list build_samples(py::buffer data, py::object keys, py::buffer key_starts, py::buffer key_ends,
-                       py::buffer counts, py::buffer ext, py::buffer off, py::buffer end,
-                       py::list exts, py::str url) {
-  const py::buffer_info buf = data.request();
-  if (buf.ndim != 1 || buf.itemsize != 1 || (buf.size > 1 && buf.strides[0] != 1))
-    throw py::value_error("shard data must be a contiguous 1-D byte buffer");
-  const auto* base = static_cast<const char*>(buf.ptr);
-  const int64_t len = buf.size;
+// ...} with its counts[i] members in order, member j's bytes being value_of(off[j], end[j])
+// (a new reference, or null with a Python error set) under exts[ext[j]]. keys is a list of
+// the n keys, or bytes holding them as UTF-8 (surrogateescape) at [key_starts[i], key_ends[i]).
+template <typename ValueOf>
+py::list sample_dicts(py::object keys, py::buffer key_starts, py::buffer key_ends, py::buffer counts,
+                      py::buffer ext, py::buffer off, py::buffer end, py::list exts, py::str url,
+                      ValueOf&& value_of) {
   const py::buffer_info cn = counts.request();
   const size_t n = size_t(cn.size);
   const int64_t* count = typed_items<int64_t>(cn, n, "counts");
@@ -270,14 +270,88 @@ py::list build_samples(py::buffer data, py::object keys, py::buffer key_starts, 
     if (count[i] < 0 || m + size_t(count[i]) > members) throw py::value_error("member counts exceed the members");
     for (const size_t stop = m + size_t(count[i]); m < stop; ++m) {
       if (e[m] < 0 || e[m] >= n_exts) throw py::value_error("extension id out of range");
-      const int64_t a = std::clamp<int64_t>(o[m], 0, len), b = std::clamp<int64_t>(x[m], a, len);
-      py::object value = py::reinterpret_steal<py::object>(PyBytes_FromStringAndSize(base + a, Py_ssize_t(b - a)));
+      py::object value = py::reinterpret_steal<py::object>(value_of(o[m], x[m]));
       if (!value || PyDict_SetItem(sample.ptr(), PyList_GET_ITEM(exts.ptr(), e[m]), value.ptr()))
         throw py::error_already_set();
     }
     PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), sample.release().ptr());
   }
   return out;
+}
+
+// Members copied out of data (an mmap'd shard, bytes, a memoryview), slices clamped to it
+// as Python's are.
+py::list build_samples(py::buffer data, py::object keys, py::buffer key_starts, py::buffer key_ends,
+                       py::buffer counts, py::buffer ext, py::buffer off, py::buffer end,
+                       py::list exts, py::str url) {
+  const py::buffer_info buf = data.request();
+  if (buf.ndim != 1 || buf.itemsize != 1 || (buf.size > 1 && buf.strides[0] != 1))
+    throw py::value_error("shard data must be a contiguous 1-D byte buffer");
+  const auto* base = static_cast<const char*>(buf.ptr);
+  const int64_t len = buf.size;
+  return sample_dicts(keys, key_starts, key_ends, counts, ext, off, end, exts, url, [&](int64_t o, int64_t x) {
+    const int64_t a = std::clamp<int64_t>(o, 0, len), b = std::clamp<int64_t>(x, a, len);
+    return PyBytes_FromStringAndSize(base + a, Py_ssize_t(b - a));
+  });
+}
+
+constexpr Py_ssize_t kPreadReleaseGil = Py_ssize_t(64) << 10;  // below: the syscall costs less than the switch
+constexpr Py_ssize_t kPreadMaxChunk = 0x7FFFF000;              // Linux reads at most this much at once
+
+// Bytes [a, b) of the file fd, read with pread; null with EOFError(a) set where the file
+// ends first, or OSError where the read fails.
+PyObject* pread_bytes(int fd, int64_t a, int64_t b) {
+  if (a < 0 || b < a) {
+    PyErr_SetString(PyExc_ValueError, "member range out of order");
+    return nullptr;
+  }
+  const Py_ssize_t n = Py_ssize_t(b - a);
+  PyObject* value = PyBytes_FromStringAndSize(nullptr, n);
+  if (!value) return nullptr;
+  char* dst = PyBytes_AS_STRING(value);  // nobody else sees it yet: written without the GIL
+  Py_ssize_t done = 0;
+  int error = 0;
+  {
+    std::optional<py::gil_scoped_release> unlocked;
+    if (n >= kPreadReleaseGil) unlocked.emplace();
+    while (done < n) {
+      const ssize_t got = ::pread(fd, dst + done, size_t(std::min(n - done, kPreadMaxChunk)), off_t(a + done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        error = got < 0 ? errno : 0;
+        break;
+      }
+      done += got;
+    }
+  }
+  if (done == n) return value;
+  Py_DECREF(value);
+  if (error) {
+    errno = error;
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  PyObject* where = PyLong_FromLongLong(a);
+  if (where) {
+    PyErr_SetObject(PyExc_EOFError, where);
+    Py_DECREF(where);
+  }
+  return nullptr;
+}
+
+// Members read from the file fd with pread (one copy from the page cache). With
+// note_min >= 0, each member of note_min bytes or more is also appended to noted, then
+// its offset (for `_origins.note`).
+py::list build_samples_pread(int fd, py::object keys, py::buffer key_starts, py::buffer key_ends,
+                             py::buffer counts, py::buffer ext, py::buffer off, py::buffer end,
+                             py::list exts, py::str url, int64_t note_min, py::list noted) {
+  return sample_dicts(keys, key_starts, key_ends, counts, ext, off, end, exts, url, [&](int64_t o, int64_t x) {
+    PyObject* value = pread_bytes(fd, o, x);
+    if (value && note_min >= 0 && x - o >= note_min) {
+      py::object at = py::int_(o);
+      if (PyList_Append(noted.ptr(), value) || PyList_Append(noted.ptr(), at.ptr())) Py_CLEAR(value);
+    }
+    return value;
+  });
 }
 
 torch::Tensor to_tensor(const std::vector<int64_t>& v) {
@@ -461,6 +535,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_samples", &build_samples, py::arg("data"), py::arg("keys"), py::arg("key_starts"),
         py::arg("key_ends"), py::arg("counts"), py::arg("ext"), py::arg("off"), py::arg("end"),
         py::arg("exts"), py::arg("url"));
+  m.def("build_samples_pread", &build_samples_pread, py::arg("fd"), py::arg("keys"), py::arg("key_starts"),
+        py::arg("key_ends"), py::arg("counts"), py::arg("ext"), py::arg("off"), py::arg("end"),
+        py::arg("exts"), py::arg("url"), py::arg("note_min"), py::arg("noted"));
   m.def("scan_tar", &scan_tar, py::arg("data"), py::arg("base"), py::arg("final"),
         py::arg("max_member_size"));
 }

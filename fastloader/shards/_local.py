@@ -46,9 +46,12 @@ class PreadShard:
     def __getitem__(self, span: slice) -> bytes:
         data = read_range(self.fd, span.start, span.stop - span.start)
         if len(data) != span.stop - span.start:
-            raise ShardError("the shard is shorter than its index says (changed since it was indexed?)",
-                             url=self.url, offset=span.start)
+            raise self.cut_short(span.start)
         return data
+
+    def cut_short(self, offset: int) -> ShardError:
+        return ShardError("the shard is shorter than its index says (changed since it was indexed?)",
+                          url=self.url, offset=offset)
 
     def __del__(self):
         os.close(self.fd)

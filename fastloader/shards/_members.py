@@ -157,11 +157,11 @@ class SampleMaker:
     def __init__(self, samples: Samples, data, url: str, views: bool = False):
         self.samples = samples
         self.url = url
-        # views: memoryview slices of data (no copy), built here; else bytes: read with a
-        # PreadShard's pread, built here, or copied out of a buffer in memory (an mmap,
-        # bytes, a memoryview), the dicts built in C++
+        # views: memoryview slices of data (no copy), built here; else bytes, the dicts
+        # built in C++: read with a PreadShard's pread, or copied out of a buffer in
+        # memory (an mmap, bytes, a memoryview)
         self.data = memoryview(data) if views and not isinstance(data, memoryview) else data
-        self.compiled = not views and not isinstance(data, _local.PreadShard)
+        self.compiled = not views
         self.ext = [samples.exts[e] for e in range(len(samples.exts))]
         self.end = samples.offset + samples.size
 
@@ -185,11 +185,13 @@ class SampleMaker:
                 key_starts = np.where(i > 0, s.keys.ends[i - 1], 0)
             else:
                 keys, key_starts, key_ends = [s.keys[k] for k in i.tolist()], _NO_RANGE, _NO_RANGE
-            return _C.build_samples(data, keys, key_starts, key_ends, counts, s.member_ext[members],
-                                    s.offset[members], self.end[members], exts, url), nbytes
+            where = (keys, key_starts, key_ends, counts, s.member_ext[members], s.offset[members],
+                     self.end[members], exts, url)
+            if isinstance(data, _local.PreadShard):
+                return self._read_many(data, where), nbytes
+            return _C.build_samples(data, *where), nbytes
         ext = s.member_ext[members].tolist()
         off, end = s.offset[members].tolist(), self.end[members].tolist()
-        note = isinstance(data, _local.PreadShard) and data.local and _origins.enabled()
         wanted = idx.tolist()
         keys = s.keys.take(wanted) if isinstance(s.keys, KeyTable) else [s.keys[i] for i in wanted]
         out = []
@@ -197,10 +199,20 @@ class SampleMaker:
         for key, c in zip(keys, counts.tolist()):
             sample = {"__key__": key, "__url__": url}
             for j in range(m, m + c):
-                value = data[off[j]:end[j]]
-                sample[exts[ext[j]]] = value
-                if note and end[j] - off[j] >= _origins.MIN_SIZE:
-                    _origins.note(value, data, off[j])
+                sample[exts[ext[j]]] = data[off[j]:end[j]]
             m += c
             out.append(sample)
         return out, nbytes
+
+    @staticmethod
+    def _read_many(shard: _local.PreadShard, where: tuple) -> list[dict]:
+        """The samples' members read with pread; large ones noted for `_origins`."""
+        note = shard.local and _origins.enabled()
+        noted: list = []
+        try:
+            out = _C.build_samples_pread(shard.fd, *where, _origins.MIN_SIZE if note else -1, noted)
+        except EOFError as e:
+            raise shard.cut_short(e.args[0]) from None
+        for k in range(0, len(noted), 2):
+            _origins.note(noted[k], shard, noted[k + 1])
+        return out

@@ -1,12 +1,15 @@
-"""Sample dicts built by the compiled `_C.build_samples` against the same samples built in
-Python, member by member, and its refusal of inconsistent input."""
+"""Sample dicts built by the compiled `_C.build_samples` / `_C.build_samples_pread` against
+the same samples built in Python, member by member, and their refusal of inconsistent or
+cut-short input."""
 import mmap
+import os
 
 import numpy as np
 import pytest
 
-from fastloader import _C
-from fastloader.shards import _members
+from fastloader import _C, _origins
+from fastloader.errors import ShardError
+from fastloader.shards import _local, _members
 
 
 def _samples(names: list[str], sizes: list[int], keys_as_table: bool):
@@ -23,15 +26,23 @@ NAMES = ["a/b.jpg", "a/b.cls", "\udcff\udcfeodd.txt", "c.seg.PNG", "c.json", "em
 SIZES = [100, 1, 40, 0, 9, 0, 3]
 
 
+def _pread_shard(tmp_path, data: bytes) -> _local.PreadShard:
+    path = tmp_path / "shard.tar"
+    path.write_bytes(data)
+    return _local.open_shard(str(path), f"file://{path}", mapped=False)
+
+
 @pytest.mark.parametrize("keys_as_table", [True, False])
-@pytest.mark.parametrize("kind", ["bytes", "mmap", "memoryview"])
-def test_compiled_samples_equal_python_ones(keys_as_table, kind):
+@pytest.mark.parametrize("kind", ["bytes", "mmap", "memoryview", "pread"])
+def test_compiled_samples_equal_python_ones(keys_as_table, kind, tmp_path):
     samples, data = _samples(NAMES, SIZES, keys_as_table)
     if kind == "mmap":
         data = mmap.mmap(-1, len(data))
         data.write(_samples(NAMES, SIZES, keys_as_table)[1])
     elif kind == "memoryview":
         data = memoryview(data)
+    elif kind == "pread":
+        data = _pread_shard(tmp_path, data)
     compiled = _members.SampleMaker(samples, data, "shard-1.tar")
     python = _members.SampleMaker(samples, data, "shard-1.tar")
     python.compiled = False
@@ -68,3 +79,50 @@ def test_inconsistent_input_is_refused(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=message):
         _C.build_samples(**args)
+
+
+LARGE = [_origins.MIN_SIZE + 5, 3, 100_000, _origins.MIN_SIZE - 1]  # around the noting size and the GIL release
+
+
+@pytest.mark.parametrize("noting", [True, False])
+def test_pread_samples_note_where_their_large_members_came_from(noting, tmp_path, monkeypatch):
+    monkeypatch.setattr(_origins, "_enabled", noting)
+    monkeypatch.setattr(_origins, "_held", type(_origins._held)())
+    monkeypatch.setattr(_origins, "_held_bytes", 0)
+    monkeypatch.setattr(_origins, "_cap", 1 << 30)
+    samples, data = _samples(["a.x", "a.y", "b.x", "b.y"], LARGE, keys_as_table=True)
+    shard = _pread_shard(tmp_path, data)
+    assert shard.local  # tmp_path is on a local disk here
+    built, nbytes = _members.SampleMaker(samples, shard, "u").make_many(np.array([1, 0]))
+    assert nbytes == [LARGE[2] + LARGE[3], LARGE[0] + LARGE[1]]
+    offsets = samples.offset.tolist()
+    assert built == [{"__key__": "b", "__url__": "u", "x": data[offsets[2]:offsets[2] + LARGE[2]],
+                      "y": data[offsets[3]:offsets[3] + LARGE[3]]},
+                     {"__key__": "a", "__url__": "u", "x": data[offsets[0]:offsets[0] + LARGE[0]],
+                      "y": data[offsets[1]:offsets[1] + LARGE[1]]}]
+    noted = [_origins.take(sample[ext]) for sample in built for ext in ("x", "y")]
+    if noting:
+        assert noted == [(shard, offsets[2]), None, (shard, offsets[0]), None]
+    else:
+        assert noted == [None] * 4
+
+
+def test_a_pread_shard_cut_short_names_the_shard_and_offset(tmp_path):
+    samples, data = _samples(["a.x", "b.x", "c.x"], [10, 70_000, 10], keys_as_table=True)
+    shard = _pread_shard(tmp_path, data)
+    maker = _members.SampleMaker(samples, shard, shard.url)
+    os.truncate(shard.url[len("file://"):], int(samples.offset[1]) + 100)  # b's member cut, c's gone
+    assert maker.make_many(np.array([0]))[0][0]["x"] == data[7:17]
+    for i in (1, 2):
+        with pytest.raises(ShardError, match="shorter than its index") as err:
+            maker.make_many(np.array([0, i]))
+        assert err.value.offset == int(samples.offset[i]) and shard.url in str(err.value)
+
+
+def test_a_failed_pread_is_an_os_error():
+    args = (["k"], np.zeros(0, np.int64), np.zeros(0, np.int64), np.array([1], np.int64), np.array([0], np.int32),
+            np.array([0], np.int64), np.array([10], np.int64), ["a"], "u", -1, [])
+    with pytest.raises(OSError):
+        _C.build_samples_pread(-1, *args)
+    with pytest.raises(ValueError, match="out of order"):
+        _C.build_samples_pread(0, *args[:5], np.array([10], np.int64), np.array([0], np.int64), *args[7:])
