@@ -2,7 +2,10 @@
 // GIL around the torch-free kernels, and maps their errors to Python exceptions.
 #include <torch/extension.h>
 
+#include <sys/uio.h>
 #include <unistd.h>
+
+#include <climits>
 
 #include <algorithm>
 #include <cerrno>
@@ -427,13 +430,39 @@ torch::Tensor pack_first_fit_decreasing(torch::Tensor lengths, int64_t capacity)
 
 constexpr size_t kStackPlainMaxBytes = size_t(1) << 20;
 
-// torch.stack(batch[, out=out]) for batches under 1 MB whose items are all torch.Tensors
-// (not subclasses) on the CPU, strided and contiguous, holding their data (no zero
-// tensors), of the first's shape and dtype, with no conj/neg bits, no gradient to record
-// (requires_grad under grad mode, or a forward-mode tangent): one memcpy per item. out
-// must then be contiguous, of that dtype and the stacked shape. (The caller leaves torch
-// function and dispatch modes to torch.)
-py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out) {
+// Writes n items of `bytes` bytes each, one after another, at offset of the file fd
+// (pwritev, the GIL let go); errno of a failed write, else 0.
+int pwrite_items(int fd, const std::vector<const void*>& sources, size_t bytes, int64_t offset) {
+  py::gil_scoped_release unlocked;
+  const size_t n = sources.size();
+  std::vector<iovec> iov;
+  size_t i = 0, done_in_item = 0;  // the next item, and how much of it is written
+  off_t at = off_t(offset);
+  while (bytes > 0 && i < n) {
+    iov.clear();
+    for (size_t j = i; j < n && iov.size() < size_t(IOV_MAX); ++j) {
+      const size_t skip = j == i ? done_in_item : 0;
+      iov.push_back({const_cast<char*>(static_cast<const char*>(sources[j])) + skip, bytes - skip});
+    }
+    const ssize_t got = ::pwritev(fd, iov.data(), int(iov.size()), at);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return got < 0 ? errno : EIO;
+    at += got;
+    for (size_t left = size_t(got); left > 0;) {
+      const size_t step = std::min(left, bytes - done_in_item);
+      left -= step;
+      done_in_item += step;
+      if (done_in_item == bytes) ++i, done_in_item = 0;
+    }
+  }
+  return 0;
+}
+
+// torch.stack(batch) for a list or tuple of same-shape contiguous plain CPU tensors, into
+// out when given. With fd >= 0, out lives in that file (a worker's shared segment) at
+// offset: the items are written there with pwritev, so this process maps none of its pages
+// (no faults, no memory counted twice) and any size is taken.
+py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int fd, int64_t offset) {
   PyObject* seq = batch.ptr();
   if (!PyList_Check(seq) && !PyTuple_Check(seq)) return py::none();
   const size_t n = size_t(PySequence_Fast_GET_SIZE(seq));
@@ -455,10 +484,11 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out) {
     if (!first) first = &t;
     sources[i] = t.const_data_ptr();
   }
-  // Large batches: the copy's cost (page faults included) outweighs torch's per-item
-  // overhead, and torch.stack spreads it over its threads.
+  // Large batches in plain memory: the copy's cost (page faults included) outweighs
+  // torch's per-item overhead, and torch.stack spreads it over its threads.
   const size_t bytes = first->nbytes();
-  if (bytes * n >= kStackPlainMaxBytes) return py::none();
+  if (fd < 0 && bytes * n >= kStackPlainMaxBytes) return py::none();
+  if (fd >= 0 && !out) throw py::value_error("stack_plain: a file needs the tensor it holds");
   std::vector<int64_t> shape{int64_t(n)};
   shape.insert(shape.end(), first->sizes().begin(), first->sizes().end());
   torch::Tensor result;
@@ -469,6 +499,14 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out) {
     result = *out;
   } else {
     result = torch::empty(shape, first->options());
+  }
+  if (fd >= 0) {
+    if (const int error = pwrite_items(fd, sources, bytes, offset)) {
+      errno = error;
+      PyErr_SetFromErrno(PyExc_OSError);
+      throw py::error_already_set();
+    }
+    return py::cast(result);
   }
   auto* dst = static_cast<uint8_t*>(result.data_ptr());
   for (size_t i = 0; i < n; ++i) std::memcpy(dst + i * bytes, sources[i], bytes);
@@ -530,7 +568,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("encode_batch", &wordpiece_encode_batch, py::arg("texts"), py::arg("pairs"),
            py::arg("add_special_tokens"), py::arg("max_length"), py::arg("truncation"), py::arg("num_threads"));
   m.def("pack_first_fit_decreasing", &pack_first_fit_decreasing, py::arg("lengths"), py::arg("capacity"));
-  m.def("stack_plain", &stack_plain, py::arg("batch"), py::arg("out") = py::none());
+  m.def("stack_plain", &stack_plain, py::arg("batch"), py::arg("out") = py::none(), py::arg("fd") = -1,
+        py::arg("offset") = 0);
   m.def("tensor_of_numbers", &tensor_of_numbers, py::arg("batch"), py::arg("as_double"));
   m.def("build_samples", &build_samples, py::arg("data"), py::arg("keys"), py::arg("key_starts"),
         py::arg("key_ends"), py::arg("counts"), py::arg("ext"), py::arg("off"), py::arg("end"),

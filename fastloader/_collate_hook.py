@@ -5,10 +5,12 @@ in a worker, to save a copy. In a fastloader worker process the stack goes into 
 worker's arena instead (reused segments, see `_shm`); in a worker thread, or in the main
 process while a `num_workers=0` loader fetches, into plain memory.
 
-In all of these, the common cases skip torch's per-item overhead: a batch (under 1 MB) of
-same-shape contiguous CPU tensors is stacked with one memcpy each, and plain ints /
-floats go straight into an int64 / float64 tensor (`_C.stack_plain`,
-`_C.tensor_of_numbers`): the same tensors torch makes. Anything else, and everything
+In all of these, the common cases skip torch's per-item overhead: a batch of same-shape
+contiguous CPU tensors is stacked with one memcpy each (under 1 MB, in plain memory) or,
+in a worker process, written into its segment by one `pwritev` call (any size: no page of
+the segment is mapped in the worker, so none faults there or counts twice in RSS); plain
+ints / floats go straight into an int64 / float64 tensor (`_C.stack_plain`,
+`_C.tensor_of_numbers`). These are the tensors torch makes. Anything else, and everything
 while a torch function or dispatch mode is on, goes to torch's own code. Everywhere else
 (torch's DataLoader, a user's own call) the calls go to torch's functions unchanged.
 """
@@ -57,11 +59,18 @@ def collate_tensor_fn(batch, *, collate_fn_map=None):
     if _fetching():
         elem = batch[0]
         if type(elem) is torch.Tensor and elem.layout == torch.strided and not elem.is_nested:
-            out = None
-            if _process_arena is not None and elem.device.type == "cpu":
-                out = _process_arena.empty((len(batch), *elem.shape), elem.dtype)
-            stacked = _C.stack_plain(batch, out) if _compiled_ok() else None
-            return stacked if stacked is not None else torch.stack(batch, 0, out=out)
+            ok = _compiled_ok()
+            if _process_arena is None or elem.device.type != "cpu":
+                stacked = _C.stack_plain(batch) if ok else None
+                return stacked if stacked is not None else torch.stack(batch, 0)
+            # Into the worker's arena, written through the segment's fd (its pages never
+            # mapped here) where the fast case holds, else mapped and written by torch.
+            out = _process_arena.empty((len(batch), *elem.shape), elem.dtype, mapped=False)
+            stacked = _C.stack_plain(batch, out, *_process_arena.file_of(out)) if ok else None
+            if stacked is not None:
+                return stacked
+            _process_arena.map_tensor(out)
+            return torch.stack(batch, 0, out=out)
     return _torch_fns[torch.Tensor](batch, collate_fn_map=collate_fn_map)
 
 

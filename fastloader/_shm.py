@@ -227,17 +227,29 @@ class WorkerArena:
         """Maps the pages about to be written in one call, not one fault per page."""
         _advise(seg.mm, _MADV_POPULATE_WRITE, start, nbytes, minimum)
 
-    def empty(self, size, dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised contiguous tensor living in the arena."""
+    def empty(self, size, dtype: torch.dtype, mapped: bool = True) -> torch.Tensor:
+        """An uninitialised contiguous tensor living in the arena. mapped=False: its pages
+        are left unmapped here, for a write through the segment's fd (`file_of`)."""
         numel = 1
         for s in size:
             numel *= s
         itemsize = dtype.itemsize
         seg, offset = self.alloc(max(numel, 1) * itemsize)
         self._with_tensors.add(seg.id)
-        self._populate(seg, offset, numel * itemsize)
+        if mapped:
+            self._populate(seg, offset, numel * itemsize)
         start = offset // itemsize
         return seg.bytes.view(dtype)[start : start + numel].view(size)
+
+    def file_of(self, t: torch.Tensor) -> tuple[int, int]:
+        """(fd, byte offset) of a tensor `empty` made in this batch."""
+        seg = self._find(t)
+        return seg.fd, t.storage_offset() * t.element_size()
+
+    def map_tensor(self, t: torch.Tensor) -> None:
+        """Maps the pages of a tensor `empty(mapped=False)` made, as `empty` would have."""
+        fd, offset = self.file_of(t)
+        self._populate(self._find(t), offset, t.numel() * t.element_size())
 
     @staticmethod
     def _reusable(seg: _Segment) -> bool:

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import default_collate
 
 import fastloader
-from fastloader import _C, _collate_hook
+from fastloader import _C, _collate_hook, _shm
 
 
 def ours(batch):
@@ -65,6 +65,61 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_same_as_torch(case):
     assert_same(ours(CASES[case]()), default_collate(CASES[case]()))
+
+
+@pytest.fixture
+def in_worker_arena(monkeypatch):
+    """Collation as in a worker process: tensors stacked into its shared-memory arena."""
+    arena = _shm.WorkerArena(0)
+    monkeypatch.setattr(_collate_hook, "_process_arena", arena)
+    yield arena
+    arena.abandon_batch()
+
+
+def torch_in_a_worker(batch):
+    """torch's default_collate as it runs in one of torch's workers (stacking into a
+    shared-memory tensor of the first item's dtype)."""
+    from torch.utils.data._utils import collate, worker
+
+    fn_map = {**collate.default_collate_fn_map, **_collate_hook._torch_fns}
+    was, worker._worker_info = worker._worker_info, object()  # get_worker_info() is not None
+    try:
+        return collate.collate(batch, collate_fn_map=fn_map)
+    finally:
+        worker._worker_info = was
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_same_as_torch_in_a_worker_arena(case, monkeypatch):
+    if case == "conj":  # torch's worker fails to make its shared storage ("DispatchKey Conjugate
+        with pytest.raises(RuntimeError, match="Conjugate"):  # doesn't correspond to a device");
+            torch_in_a_worker(CASES[case]())
+        theirs = default_collate(CASES[case]())  # ours gives what torch gives elsewhere
+    else:
+        theirs = torch_in_a_worker(CASES[case]())
+    arena = _shm.WorkerArena(0)
+    monkeypatch.setattr(_collate_hook, "_process_arena", arena)
+    try:
+        assert_same(ours(CASES[case]()), theirs)
+    finally:
+        arena.abandon_batch()
+
+
+def _shmem_resident() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("RssShmem:"))
+
+
+def test_a_worker_writes_its_batch_through_the_segment_fd_unmapped(in_worker_arena):
+    """A stacked batch goes into the segment with pwritev: none of its pages is mapped
+    (faulted, counted in RSS) in the worker; reading it there still gives the batch."""
+    batch = [rand(100, 100, 10, seed=i) for i in range(16)]  # 6.4 MB
+    before = _shmem_resident()
+    stacked = ours(batch)
+    assert _shmem_resident() - before < 256 << 10
+    assert in_worker_arena._find(stacked) is not None  # it lives in the arena
+    assert torch.equal(stacked, torch.stack(batch))
+    assert _shmem_resident() - before >= 6 << 20  # now read, so mapped
 
 
 def test_autograd_is_recorded_as_torch_does():
@@ -128,6 +183,10 @@ def test_fast_paths_take_the_plain_cases_only():
     assert _C.stack_plain([plain[0], torch.nn.Parameter(plain[1])]) is None
     assert _C.stack_plain([plain[0], plain[1].double()]) is None
     assert _C.stack_plain([torch.zeros(2**18)] * 2) is None  # 2 MB: torch.stack copies in parallel
+    with pytest.raises(ValueError, match="needs the tensor"):
+        _C.stack_plain(plain, None, 0, 0)
+    with pytest.raises(OSError):  # not a file
+        _C.stack_plain(plain, torch.empty(4, 2, 3), -5 + 2**31 - 1, 0)
     assert torch.equal(_C.tensor_of_numbers([1, -2, 2**63 - 1], False), torch.tensor([1, -2, 2**63 - 1]))
     assert _C.tensor_of_numbers([1, True], False) is None and _C.tensor_of_numbers([2**63], False) is None
     assert _C.tensor_of_numbers([1.5, 2], True) is None
