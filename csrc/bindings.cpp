@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/block_pool.h"
 #include "image/augment.h"
 #include "image/random_crop.h"
 #include "io/tar.h"
@@ -430,6 +431,41 @@ torch::Tensor pack_first_fit_decreasing(torch::Tensor lengths, int64_t capacity)
 
 constexpr size_t kStackPlainMaxBytes = size_t(1) << 20;
 
+// CPU tensors on fastloader::BlockPool blocks (large batches made in this process).
+class PooledAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t n) override {
+    size_t size = 0;
+    void* block = pool().take(n, &size);
+    TORCH_CHECK_WITH(OutOfMemoryError, block != nullptr, "fastloader: could not map ", n, " bytes for a batch");
+    return {block, new Block{block, size}, &PooledAllocator::release, c10::Device(c10::DeviceType::CPU)};
+  }
+  void copy_data(void* dest, const void* src, size_t count) const override { default_copy_data(dest, src, count); }
+
+  static fl::BlockPool& pool() {
+    static auto* p = new fl::BlockPool(size_t(64) << 20);  // never destroyed: batches may outlive exit
+    return *p;
+  }
+
+ private:
+  struct Block {
+    void* ptr;
+    size_t size;
+  };
+  static void release(void* ctx) {
+    auto* b = static_cast<Block*>(ctx);
+    pool().give_back(b->ptr, b->size);
+    delete b;
+  }
+};
+
+PooledAllocator& pooled_allocator() {
+  static auto* a = new PooledAllocator();
+  return *a;
+}
+
+size_t batch_pool_kept_bytes() { return PooledAllocator::pool().kept_bytes(); }
+
 // Writes n items of `bytes` bytes each, one after another, at offset of the file fd
 // (pwritev, the GIL let go); errno of a failed write, else 0.
 int pwrite_items(int fd, const std::vector<const void*>& sources, size_t bytes, int64_t offset) {
@@ -461,7 +497,8 @@ int pwrite_items(int fd, const std::vector<const void*>& sources, size_t bytes, 
 // torch.stack(batch) for a list or tuple of same-shape contiguous plain CPU tensors, into
 // out when given. With fd >= 0, out lives in that file (a worker's shared segment) at
 // offset: the items are written there with pwritev, so this process maps none of its pages
-// (no faults, no memory counted twice) and any size is taken.
+// (no faults, no memory counted twice). Else a batch of 1 MB or more goes into a block of
+// the batch pool (reused pages, see block_pool.h), copied over torch's threads.
 py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int fd, int64_t offset) {
   PyObject* seq = batch.ptr();
   if (!PyList_Check(seq) && !PyTuple_Check(seq)) return py::none();
@@ -484,10 +521,8 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int f
     if (!first) first = &t;
     sources[i] = t.const_data_ptr();
   }
-  // Large batches in plain memory: the copy's cost (page faults included) outweighs
-  // torch's per-item overhead, and torch.stack spreads it over its threads.
   const size_t bytes = first->nbytes();
-  if (fd < 0 && bytes * n >= kStackPlainMaxBytes) return py::none();
+  const bool large = bytes * n >= kStackPlainMaxBytes;
   if (fd >= 0 && !out) throw py::value_error("stack_plain: a file needs the tensor it holds");
   std::vector<int64_t> shape{int64_t(n)};
   shape.insert(shape.end(), first->sizes().begin(), first->sizes().end());
@@ -497,6 +532,9 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int f
         out->sizes() != torch::IntArrayRef(shape) || (grad && out->requires_grad()))
       return py::none();
     result = *out;
+  } else if (large) {  // reused pages, out of the heap (see block_pool.h)
+    result = at::Tensor(at::detail::empty_generic(shape, &pooled_allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                                  first->scalar_type(), std::nullopt));
   } else {
     result = torch::empty(shape, first->options());
   }
@@ -509,7 +547,22 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int f
     return py::cast(result);
   }
   auto* dst = static_cast<uint8_t*>(result.data_ptr());
-  for (size_t i = 0; i < n; ++i) std::memcpy(dst + i * bytes, sources[i], bytes);
+  if (!large) {
+    for (size_t i = 0; i < n; ++i) std::memcpy(dst + i * bytes, sources[i], bytes);
+    return py::cast(result);
+  }
+  // Large: over torch's intra-op threads (as torch.stack copies), the GIL let go; the
+  // items are held, so no other thread can free one meanwhile.
+  std::vector<torch::Tensor> held;
+  held.reserve(n);
+  for (size_t i = 0; i < n; ++i) held.push_back(THPVariable_Unpack(PySequence_Fast_GET_ITEM(seq, i)));
+  {
+    py::gil_scoped_release unlocked;
+    const int64_t grain = std::max<int64_t>(1, int64_t(kStackPlainMaxBytes / std::max<size_t>(bytes, 1)));
+    at::parallel_for(0, int64_t(n), grain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) std::memcpy(dst + size_t(i) * bytes, sources[size_t(i)], bytes);
+    });
+  }
   return py::cast(result);
 }
 
@@ -570,6 +623,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_first_fit_decreasing", &pack_first_fit_decreasing, py::arg("lengths"), py::arg("capacity"));
   m.def("stack_plain", &stack_plain, py::arg("batch"), py::arg("out") = py::none(), py::arg("fd") = -1,
         py::arg("offset") = 0);
+  m.def("batch_pool_kept_bytes", &batch_pool_kept_bytes);
   m.def("tensor_of_numbers", &tensor_of_numbers, py::arg("batch"), py::arg("as_double"));
   m.def("build_samples", &build_samples, py::arg("data"), py::arg("keys"), py::arg("key_starts"),
         py::arg("key_ends"), py::arg("counts"), py::arg("ext"), py::arg("off"), py::arg("end"),

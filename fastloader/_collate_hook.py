@@ -6,10 +6,11 @@ worker's arena instead (reused segments, see `_shm`); in a worker thread, or in 
 process while a `num_workers=0` loader fetches, into plain memory.
 
 In all of these, the common cases skip torch's per-item overhead: a batch of same-shape
-contiguous CPU tensors is stacked with one memcpy each (under 1 MB, in plain memory) or,
-in a worker process, written into its segment by one `pwritev` call (any size: no page of
-the segment is mapped in the worker, so none faults there or counts twice in RSS); plain
-ints / floats go straight into an int64 / float64 tensor (`_C.stack_plain`,
+contiguous CPU tensors is stacked with one memcpy each (from 1 MB on, over torch's
+threads into a block reused from earlier freed batches, see csrc/common/block_pool.h) or,
+in a worker process, written into its segment by one `pwritev` call (no page of the
+segment is mapped in the worker, so none faults there or counts twice in RSS); plain ints
+/ floats go straight into an int64 / float64 tensor (`_C.stack_plain`,
 `_C.tensor_of_numbers`). These are the tensors torch makes. Anything else, and everything
 while a torch function or dispatch mode is on, goes to torch's own code. Everywhere else
 (torch's DataLoader, a user's own call) the calls go to torch's functions unchanged.

@@ -18,11 +18,14 @@ workers, or thread workers) or large shard members reach it.
 `huge_page_heap()` (worker processes only) also grows the heap's top by ~30 MiB at once
 and asks for transparent huge pages there: a worker's first batches of large arrays then
 fault in 2 MiB at a time instead of 4 KiB (~500x fewer faults, each ~2-3 us on a VM).
-Untouched parts of it take no memory; used parts round up to 2 MiB.
+Untouched parts of it take no memory; used parts round up to 2 MiB. Where the kernel has
+no free huge page at hand (or, in a VM, the host has not yet backed one) such a fault can
+take milliseconds: measured, the first batch still comes sooner in the median.
 """
 from __future__ import annotations
 
 import ctypes
+import os
 
 _BLOCK = (32 << 20) - (64 << 10)  # glibc raises its thresholds only for blocks <= 32 MiB
 _done = False  # forked children inherit the heap's settings, so this too
@@ -56,10 +59,11 @@ def keep_freed_memory() -> None:
 
 def huge_page_heap() -> None:
     """Keeps freed memory, and backs the next ~30 MiB of the heap with huge pages (where
-    the kernel's transparent huge pages allow it: `madvise` mode or `always`)."""
+    the kernel's transparent huge pages allow it: `madvise` mode or `always`; not with
+    FASTLOADER_WORKER_HUGE_PAGES=0, for machines where a huge page fault may stall)."""
     keep_freed_memory()
     libc = _glibc()
-    if libc is None:
+    if libc is None or os.environ.get("FASTLOADER_WORKER_HUGE_PAGES", "1") == "0":
         return
     block = libc.malloc(_HUGE_REGION)
     if not block:

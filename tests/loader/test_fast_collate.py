@@ -58,7 +58,7 @@ CASES = {
     "floats then an int": lambda: [0.5, 2],
     "numpy": lambda: [np.full((2, 3), i, dtype=np.int16) for i in range(4)],
     "dicts": lambda: [{"x": rand(2, seed=i), "y": i, "z": float(i)} for i in range(6)],
-    "large": lambda: [rand(64, 64, 64, seed=i) for i in range(5)],  # over 1 MB: torch.stack's
+    "large": lambda: [rand(64, 64, 64, seed=i) for i in range(5)],  # over 1 MB: a pooled block
 }
 
 
@@ -182,7 +182,6 @@ def test_fast_paths_take_the_plain_cases_only():
     assert _C.stack_plain([plain[0], plain[1].t()]) is None
     assert _C.stack_plain([plain[0], torch.nn.Parameter(plain[1])]) is None
     assert _C.stack_plain([plain[0], plain[1].double()]) is None
-    assert _C.stack_plain([torch.zeros(2**18)] * 2) is None  # 2 MB: torch.stack copies in parallel
     with pytest.raises(ValueError, match="needs the tensor"):
         _C.stack_plain(plain, None, 0, 0)
     with pytest.raises(OSError):  # not a file
@@ -190,6 +189,36 @@ def test_fast_paths_take_the_plain_cases_only():
     assert torch.equal(_C.tensor_of_numbers([1, -2, 2**63 - 1], False), torch.tensor([1, -2, 2**63 - 1]))
     assert _C.tensor_of_numbers([1, True], False) is None and _C.tensor_of_numbers([2**63], False) is None
     assert _C.tensor_of_numbers([1.5, 2], True) is None
+
+
+def _large_batch(seed: int, n: int = 8):
+    return [rand(256, 256, 2, seed=seed + i) for i in range(n)]  # 512 KB each
+
+
+def test_large_batches_reuse_a_freed_batch_block():
+    """Batches of 1 MB or more go into pooled blocks: a freed batch's block serves the next
+    batch of its size; one still viewed (here by numpy) is never handed out."""
+    first = _C.stack_plain(_large_batch(0))
+    assert torch.equal(first, torch.stack(_large_batch(0)))
+    ptr, kept = first.data_ptr(), _C.batch_pool_kept_bytes()
+    del first
+    assert _C.batch_pool_kept_bytes() >= kept + (4 << 20)
+    second = _C.stack_plain(_large_batch(1))
+    assert second.data_ptr() == ptr and torch.equal(second, torch.stack(_large_batch(1)))
+    view = second.numpy()
+    del second
+    third = _C.stack_plain(_large_batch(2))
+    assert third.data_ptr() != ptr and torch.equal(torch.from_numpy(view), torch.stack(_large_batch(1)))
+    third.resize_(20, 256, 256, 2)  # still an ordinary, resizable tensor
+    third[19] = 1
+    assert torch.equal(third[:8], torch.stack(_large_batch(2))) and bool((third[19] == 1).all())
+
+
+def test_the_batch_pool_keeps_a_bounded_amount():
+    """64 MB, or two of the largest block given back (none over 32 MB in this process)."""
+    batches = [_C.stack_plain(_large_batch(0, n=32)) for _ in range(8)]  # 16 MB each
+    del batches
+    assert 32 << 20 <= _C.batch_pool_kept_bytes() <= 64 << 20
 
 
 def test_torch_dataloader_keeps_torch_functions(monkeypatch):

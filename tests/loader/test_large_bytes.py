@@ -216,9 +216,9 @@ print(faults_of_a_batch(), *cls(range(4), batch_size=None, num_workers=workers, 
 """
 
 
-def _loader_heap_probe(kind: str, workers: int) -> tuple[int, list[int], int]:
+def _loader_heap_probe(kind: str, workers: int, env: dict | None = None) -> tuple[int, list[int], int]:
     out = subprocess.run([sys.executable, "-c", _LOADER_HEAP_PROBE, kind, str(workers)], capture_output=True,
-                         text=True, check=True)
+                         text=True, check=True, env={**os.environ, **(env or {})})
     before, *during, huge = map(int, out.stdout.split())
     return before, during, huge
 
@@ -262,3 +262,5 @@ def test_worker_processes_back_their_heap_with_huge_pages():
     _, _, huge_in_worker = _loader_heap_probe("process", 1)
     _, _, huge_in_main = _loader_heap_probe("process", 0)
     assert huge_in_worker >= 1 and huge_in_main == 0
+    _, _, huge_when_off = _loader_heap_probe("process", 1, {"FASTLOADER_WORKER_HUGE_PAGES": "0"})
+    assert huge_when_off == 0
