@@ -299,11 +299,10 @@ py::list build_samples(py::buffer data, py::object keys, py::buffer key_starts, 
   });
 }
 
-constexpr Py_ssize_t kPreadReleaseGil = Py_ssize_t(64) << 10;  // below: the syscall costs less than the switch
 constexpr Py_ssize_t kPreadMaxChunk = 0x7FFFF000;              // Linux reads at most this much at once
 
-// Bytes [a, b) of the file fd, read with pread; null with EOFError(a) set where the file
-// ends first, or OSError where the read fails.
+// Bytes [a, b) of the file fd, read with pread (the GIL let go); null with EOFError(a) set
+// where the file ends first, or OSError where the read fails.
 PyObject* pread_bytes(int fd, int64_t a, int64_t b) {
   if (a < 0 || b < a) {
     PyErr_SetString(PyExc_ValueError, "member range out of order");
@@ -316,8 +315,7 @@ PyObject* pread_bytes(int fd, int64_t a, int64_t b) {
   Py_ssize_t done = 0;
   int error = 0;
   {
-    std::optional<py::gil_scoped_release> unlocked;
-    if (n >= kPreadReleaseGil) unlocked.emplace();
+    py::gil_scoped_release unlocked;  // as os.pread: a read may wait on a slow disk
     while (done < n) {
       const ssize_t got = ::pread(fd, dst + done, size_t(std::min(n - done, kPreadMaxChunk)), off_t(a + done));
       if (got < 0 && errno == EINTR) continue;
@@ -349,12 +347,12 @@ py::list build_samples_pread(int fd, py::object keys, py::buffer key_starts, py:
                              py::buffer counts, py::buffer ext, py::buffer off, py::buffer end,
                              py::list exts, py::str url, int64_t note_min, py::list noted) {
   return sample_dicts(keys, key_starts, key_ends, counts, ext, off, end, exts, url, [&](int64_t o, int64_t x) {
-    PyObject* value = pread_bytes(fd, o, x);
+    py::object value = py::reinterpret_steal<py::object>(pread_bytes(fd, o, x));
     if (value && note_min >= 0 && x - o >= note_min) {
-      py::object at = py::int_(o);
-      if (PyList_Append(noted.ptr(), value) || PyList_Append(noted.ptr(), at.ptr())) Py_CLEAR(value);
+      py::object at = py::reinterpret_steal<py::object>(PyLong_FromLongLong(o));
+      if (!at || PyList_Append(noted.ptr(), value.ptr()) || PyList_Append(noted.ptr(), at.ptr())) return (PyObject*)nullptr;
     }
-    return value;
+    return value.release().ptr();
   });
 }
 
@@ -442,10 +440,7 @@ class PooledAllocator final : public c10::Allocator {
   }
   void copy_data(void* dest, const void* src, size_t count) const override { default_copy_data(dest, src, count); }
 
-  static fl::BlockPool& pool() {
-    static auto* p = new fl::BlockPool(size_t(64) << 20);  // never destroyed: batches may outlive exit
-    return *p;
-  }
+  static fl::BlockPool& pool() { return fl::batch_block_pool(); }
 
  private:
   struct Block {
@@ -538,6 +533,12 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int f
   } else {
     result = torch::empty(shape, first->options());
   }
+  // The items are held while the GIL is let go below, so no other thread can free one.
+  std::vector<torch::Tensor> held;
+  if (fd >= 0 || large) {
+    held.reserve(n);
+    for (size_t i = 0; i < n; ++i) held.push_back(THPVariable_Unpack(PySequence_Fast_GET_ITEM(seq, i)));
+  }
   if (fd >= 0) {
     if (const int error = pwrite_items(fd, sources, bytes, offset)) {
       errno = error;
@@ -551,11 +552,7 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int f
     for (size_t i = 0; i < n; ++i) std::memcpy(dst + i * bytes, sources[i], bytes);
     return py::cast(result);
   }
-  // Large: over torch's intra-op threads (as torch.stack copies), the GIL let go; the
-  // items are held, so no other thread can free one meanwhile.
-  std::vector<torch::Tensor> held;
-  held.reserve(n);
-  for (size_t i = 0; i < n; ++i) held.push_back(THPVariable_Unpack(PySequence_Fast_GET_ITEM(seq, i)));
+  // Large: over torch's intra-op threads (as torch.stack copies), the GIL let go.
   {
     py::gil_scoped_release unlocked;
     const int64_t grain = std::max<int64_t>(1, int64_t(kStackPlainMaxBytes / std::max<size_t>(bytes, 1)));

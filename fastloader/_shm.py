@@ -248,8 +248,7 @@ class WorkerArena:
 
     def map_tensor(self, t: torch.Tensor) -> None:
         """Maps the pages of a tensor `empty(mapped=False)` made, as `empty` would have."""
-        fd, offset = self.file_of(t)
-        self._populate(self._find(t), offset, t.numel() * t.element_size())
+        self._populate(self._find(t), t.storage_offset() * t.element_size(), t.numel() * t.element_size())
 
     @staticmethod
     def _reusable(seg: _Segment) -> bool:

@@ -92,7 +92,8 @@ def test_pread_samples_note_where_their_large_members_came_from(noting, tmp_path
     monkeypatch.setattr(_origins, "_cap", 1 << 30)
     samples, data = _samples(["a.x", "a.y", "b.x", "b.y"], LARGE, keys_as_table=True)
     shard = _pread_shard(tmp_path, data)
-    assert shard.local  # tmp_path is on a local disk here
+    if noting and not shard.local:
+        pytest.skip("the temporary directory is not on a local disk: nothing is noted")
     built, nbytes = _members.SampleMaker(samples, shard, "u").make_many(np.array([1, 0]))
     assert nbytes == [LARGE[2] + LARGE[3], LARGE[0] + LARGE[1]]
     offsets = samples.offset.tolist()
