@@ -299,7 +299,7 @@ py::list build_samples(py::buffer data, py::object keys, py::buffer key_starts, 
   });
 }
 
-constexpr Py_ssize_t kPreadMaxChunk = 0x7FFFF000;              // Linux reads at most this much at once
+constexpr Py_ssize_t kPreadMaxChunk = 0x7FFFF000;  // Linux reads at most this much at once
 
 // Bytes [a, b) of the file fd, read with pread (the GIL let go); null with EOFError(a) set
 // where the file ends first, or OSError where the read fails.
@@ -434,13 +434,11 @@ class PooledAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t n) override {
     size_t size = 0;
-    void* block = pool().take(n, &size);
+    void* block = fl::batch_block_pool().take(n, &size);
     TORCH_CHECK_WITH(OutOfMemoryError, block != nullptr, "fastloader: could not map ", n, " bytes for a batch");
     return {block, new Block{block, size}, &PooledAllocator::release, c10::Device(c10::DeviceType::CPU)};
   }
   void copy_data(void* dest, const void* src, size_t count) const override { default_copy_data(dest, src, count); }
-
-  static fl::BlockPool& pool() { return fl::batch_block_pool(); }
 
  private:
   struct Block {
@@ -449,7 +447,7 @@ class PooledAllocator final : public c10::Allocator {
   };
   static void release(void* ctx) {
     auto* b = static_cast<Block*>(ctx);
-    pool().give_back(b->ptr, b->size);
+    fl::batch_block_pool().give_back(b->ptr, b->size);
     delete b;
   }
 };
@@ -459,7 +457,7 @@ PooledAllocator& pooled_allocator() {
   return *a;
 }
 
-size_t batch_pool_kept_bytes() { return PooledAllocator::pool().kept_bytes(); }
+size_t batch_pool_kept_bytes() { return fl::batch_block_pool().kept_bytes(); }
 
 // Writes n items of `bytes` bytes each, one after another, at offset of the file fd
 // (pwritev, the GIL let go); errno of a failed write, else 0.
@@ -499,13 +497,16 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int f
   if (!PyList_Check(seq) && !PyTuple_Check(seq)) return py::none();
   const size_t n = size_t(PySequence_Fast_GET_SIZE(seq));
   if (n == 0) return py::none();
+  // The items are held: the writes below let the GIL go, and no other thread may free one.
+  std::vector<torch::Tensor> items;
   std::vector<const void*> sources(n);
+  items.reserve(n);
   const bool grad = at::GradMode::is_enabled();
   const torch::Tensor* first = nullptr;
   for (size_t i = 0; i < n; ++i) {
     PyObject* obj = PySequence_Fast_GET_ITEM(seq, i);
     if (Py_TYPE(obj) != reinterpret_cast<PyTypeObject*>(THPVariableClass)) return py::none();
-    const torch::Tensor& t = THPVariable_Unpack(obj);
+    const torch::Tensor& t = items.emplace_back(THPVariable_Unpack(obj));
     if (!t.device().is_cpu() || t.layout() != torch::kStrided || t.is_nested() || t.is_quantized() ||
         !t.is_contiguous() || t.is_conj() || t.is_neg() || t._is_zerotensor() ||
         (grad && t.requires_grad()) || t._fw_grad(/*level=*/0).defined() ||
@@ -532,12 +533,6 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int f
                                                   first->scalar_type(), std::nullopt));
   } else {
     result = torch::empty(shape, first->options());
-  }
-  // The items are held while the GIL is let go below, so no other thread can free one.
-  std::vector<torch::Tensor> held;
-  if (fd >= 0 || large) {
-    held.reserve(n);
-    for (size_t i = 0; i < n; ++i) held.push_back(THPVariable_Unpack(PySequence_Fast_GET_ITEM(seq, i)));
   }
   if (fd >= 0) {
     if (const int error = pwrite_items(fd, sources, bytes, offset)) {

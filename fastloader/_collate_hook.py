@@ -64,14 +64,7 @@ def collate_tensor_fn(batch, *, collate_fn_map=None):
             if _process_arena is None or elem.device.type != "cpu":
                 stacked = _C.stack_plain(batch) if ok else None
                 return stacked if stacked is not None else torch.stack(batch, 0)
-            # Into the worker's arena, written through the segment's fd (its pages never
-            # mapped here) where the fast case holds, else mapped and written by torch.
-            out = _process_arena.empty((len(batch), *elem.shape), elem.dtype, mapped=False)
-            stacked = _C.stack_plain(batch, out, *_process_arena.file_of(out)) if ok else None
-            if stacked is not None:
-                return stacked
-            _process_arena.map_tensor(out)
-            return torch.stack(batch, 0, out=out)
+            return _process_arena.stack(batch, fast=ok)
     return _torch_fns[torch.Tensor](batch, collate_fn_map=collate_fn_map)
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import _origins
+from . import _C, _origins
 from .errors import ShardError
 from ._heap import keep_freed_memory
 from ._storage import storage_users
@@ -227,28 +227,34 @@ class WorkerArena:
         """Maps the pages about to be written in one call, not one fault per page."""
         _advise(seg.mm, _MADV_POPULATE_WRITE, start, nbytes, minimum)
 
-    def empty(self, size, dtype: torch.dtype, mapped: bool = True) -> torch.Tensor:
-        """An uninitialised contiguous tensor living in the arena. mapped=False: its pages
-        are left unmapped here, for a write through the segment's fd (`file_of`)."""
+    def _reserve(self, size, dtype: torch.dtype) -> tuple[torch.Tensor, _Segment, int]:
+        """An uninitialised contiguous tensor in the arena, its segment and byte offset."""
         numel = 1
         for s in size:
             numel *= s
         itemsize = dtype.itemsize
         seg, offset = self.alloc(max(numel, 1) * itemsize)
         self._with_tensors.add(seg.id)
-        if mapped:
-            self._populate(seg, offset, numel * itemsize)
         start = offset // itemsize
-        return seg.bytes.view(dtype)[start : start + numel].view(size)
+        return seg.bytes.view(dtype)[start : start + numel].view(size), seg, offset
 
-    def file_of(self, t: torch.Tensor) -> tuple[int, int]:
-        """(fd, byte offset) of a tensor `empty` made in this batch."""
-        seg = self._find(t)
-        return seg.fd, t.storage_offset() * t.element_size()
+    def empty(self, size, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised contiguous tensor living in the arena, its pages mapped."""
+        t, seg, offset = self._reserve(size, dtype)
+        self._populate(seg, offset, t.nbytes)
+        return t
 
-    def map_tensor(self, t: torch.Tensor) -> None:
-        """Maps the pages of a tensor `empty(mapped=False)` made, as `empty` would have."""
-        self._populate(self._find(t), t.storage_offset() * t.element_size(), t.numel() * t.element_size())
+    def stack(self, batch: list, fast: bool) -> torch.Tensor:
+        """torch.stack(batch) into the arena. With fast, where `_C.stack_plain`'s case holds,
+        the items are written through the segment's fd by one pwritev: none of its pages is
+        mapped here (no faults, nothing counted twice in RSS). Else mapped, and torch stacks."""
+        elem = batch[0]
+        out, seg, offset = self._reserve((len(batch), *elem.shape), elem.dtype)
+        stacked = _C.stack_plain(batch, out, seg.fd, offset) if fast else None
+        if stacked is not None:
+            return stacked
+        self._populate(seg, offset, out.nbytes)
+        return torch.stack(batch, 0, out=out)
 
     @staticmethod
     def _reusable(seg: _Segment) -> bool:
