@@ -459,10 +459,29 @@ PooledAllocator& pooled_allocator() {
 
 size_t batch_pool_kept_bytes() { return fl::batch_block_pool().kept_bytes(); }
 
+// A contiguous CPU tensor for a batch of this process: from 1 MB on, on a block of the batch
+// pool (reused pages, out of the heap, see block_pool.h).
+torch::Tensor batch_empty(std::vector<int64_t> shape, at::ScalarType dtype) {
+  size_t bytes = c10::elementSize(dtype);
+  for (const int64_t s : shape) bytes *= size_t(std::max<int64_t>(s, 0));
+  if (bytes < kStackPlainMaxBytes) return torch::empty(shape, torch::TensorOptions().dtype(dtype));
+  return at::Tensor(at::detail::empty_generic(shape, &pooled_allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                              dtype, std::nullopt));
+}
+
+// A tensor whose bytes torch.stack would copy as they are: a dense, contiguous CPU tensor
+// with no lazy conjugation/negation and nothing autograd must see.
+bool is_plain_item(const torch::Tensor& t, bool grad) {
+  return t.device().is_cpu() && t.layout() == torch::kStrided && !t.is_nested() && !t.is_quantized() &&
+         t.is_contiguous() && !t.is_conj() && !t.is_neg() && !t._is_zerotensor() && !(grad && t.requires_grad()) &&
+         !t._fw_grad(/*level=*/0).defined() && !(t.nbytes() > 0 && t.const_data_ptr() == nullptr);
+}
+
 // Writes n items of `bytes` bytes each, one after another, at offset of the file fd
 // (pwritev, the GIL let go); errno of a failed write, else 0.
-int pwrite_items(int fd, const std::vector<const void*>& sources, size_t bytes, int64_t offset) {
-  py::gil_scoped_release unlocked;
+int pwrite_items(int fd, const std::vector<const void*>& sources, size_t bytes, int64_t offset, bool gil_held = true) {
+  std::optional<py::gil_scoped_release> unlocked;
+  if (gil_held) unlocked.emplace();
   const size_t n = sources.size();
   std::vector<iovec> iov;
   size_t i = 0, done_in_item = 0;  // the next item, and how much of it is written
@@ -507,11 +526,7 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int f
     PyObject* obj = PySequence_Fast_GET_ITEM(seq, i);
     if (Py_TYPE(obj) != reinterpret_cast<PyTypeObject*>(THPVariableClass)) return py::none();
     const torch::Tensor& t = items.emplace_back(THPVariable_Unpack(obj));
-    if (!t.device().is_cpu() || t.layout() != torch::kStrided || t.is_nested() || t.is_quantized() ||
-        !t.is_contiguous() || t.is_conj() || t.is_neg() || t._is_zerotensor() ||
-        (grad && t.requires_grad()) || t._fw_grad(/*level=*/0).defined() ||
-        (t.nbytes() > 0 && t.const_data_ptr() == nullptr))
-      return py::none();
+    if (!is_plain_item(t, grad)) return py::none();
     if (first && (t.scalar_type() != first->scalar_type() || t.sizes() != first->sizes()))
       return py::none();
     if (!first) first = &t;
@@ -528,11 +543,8 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int f
         out->sizes() != torch::IntArrayRef(shape) || (grad && out->requires_grad()))
       return py::none();
     result = *out;
-  } else if (large) {  // reused pages, out of the heap (see block_pool.h)
-    result = at::Tensor(at::detail::empty_generic(shape, &pooled_allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                                  first->scalar_type(), std::nullopt));
   } else {
-    result = torch::empty(shape, first->options());
+    result = batch_empty(shape, first->scalar_type());
   }
   if (fd >= 0) {
     if (const int error = pwrite_items(fd, sources, bytes, offset)) {
@@ -556,6 +568,57 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int f
     });
   }
   return py::cast(result);
+}
+
+// Row `row` of a batch filled as its samples are fetched (fastloader/_stream_collate.py):
+// item is a plain tensor of out's dtype and row shape (see is_plain_item), or, with
+// as_buffer, a C-contiguous buffer (a numpy array the caller checked) of the row's size.
+// Copies it into out, or with fd >= 0 pwrites it at offset + row * row_bytes of that file
+// (a worker's segment holding out: no page of it is mapped here). The GIL is let go while
+// a large row is written. Returns False, writing nothing, where the item is not such.
+bool write_row(const torch::Tensor& out, int64_t row, py::handle item, bool as_buffer, int fd, int64_t offset) {
+  if (!out.is_contiguous() || out.dim() == 0 || row < 0 || row >= out.size(0)) throw py::value_error("write_row: bad row");
+  const size_t row_bytes = out.nbytes() / size_t(out.size(0));
+  PyObject* obj = item.ptr();
+  torch::Tensor held;  // keeps the source alive while the GIL is let go
+  Py_buffer view{};
+  const void* source = nullptr;
+  if (!as_buffer) {
+    if (Py_TYPE(obj) != reinterpret_cast<PyTypeObject*>(THPVariableClass)) return false;
+    held = THPVariable_Unpack(obj);
+    if (!is_plain_item(held, at::GradMode::is_enabled()) || held.scalar_type() != out.scalar_type() ||
+        held.sizes() != out.sizes().slice(1))
+      return false;
+    source = held.const_data_ptr();
+  } else {
+    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) != 0) {
+      PyErr_Clear();
+      return false;
+    }
+    if (size_t(view.len) != row_bytes) {
+      PyBuffer_Release(&view);
+      return false;
+    }
+    source = view.buf;
+  }
+  int error = 0;
+  {
+    std::optional<py::gil_scoped_release> unlocked;
+    if (row_bytes >= (size_t(64) << 10)) unlocked.emplace();
+    if (fd >= 0) {
+      std::vector<const void*> one{source};
+      error = pwrite_items(fd, one, row_bytes, offset + row * int64_t(row_bytes), /*gil_held=*/!unlocked);
+    } else if (row_bytes > 0) {
+      std::memcpy(static_cast<uint8_t*>(out.data_ptr()) + size_t(row) * row_bytes, source, row_bytes);
+    }
+  }
+  if (as_buffer) PyBuffer_Release(&view);
+  if (error) {
+    errno = error;
+    PyErr_SetFromErrno(PyExc_OSError);
+    throw py::error_already_set();
+  }
+  return true;
 }
 
 // torch.tensor(batch) for a list or tuple of plain ints that fit int64 (an int64 tensor),
@@ -616,6 +679,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stack_plain", &stack_plain, py::arg("batch"), py::arg("out") = py::none(), py::arg("fd") = -1,
         py::arg("offset") = 0);
   m.def("batch_pool_kept_bytes", &batch_pool_kept_bytes);
+  m.def("batch_empty", &batch_empty, py::arg("shape"), py::arg("dtype"));
+  m.def("write_row", &write_row, py::arg("out"), py::arg("row"), py::arg("item"), py::arg("as_buffer"),
+        py::arg("fd") = -1, py::arg("offset") = 0);
   m.def("tensor_of_numbers", &tensor_of_numbers, py::arg("batch"), py::arg("as_double"));
   m.def("build_samples", &build_samples, py::arg("data"), py::arg("keys"), py::arg("key_starts"),
         py::arg("key_ends"), py::arg("counts"), py::arg("ext"), py::arg("off"), py::arg("end"),

@@ -68,6 +68,16 @@ def collate_tensor_fn(batch, *, collate_fn_map=None):
     return _torch_fns[torch.Tensor](batch, collate_fn_map=collate_fn_map)
 
 
+def batch_tensor(shape, dtype: torch.dtype) -> tuple[torch.Tensor, int, int]:
+    """An uninitialised contiguous batch tensor for a batch made in this thread, and where to
+    write its bytes: (tensor, fd, offset), fd -1 for the tensor itself; in a worker process
+    the segment of the arena holding it (its pages not mapped here)."""
+    if _process_arena is None:
+        return _C.batch_empty(list(shape), dtype), -1, 0
+    out, seg, offset = _process_arena.reserve(shape, dtype)
+    return out, seg.fd, offset
+
+
 def collate_int_fn(batch, *, collate_fn_map=None):
     made = _C.tensor_of_numbers(batch, False) if _fetching() and _compiled_ok() else None
     return made if made is not None else _torch_fns[int](batch, collate_fn_map=collate_fn_map)

@@ -23,6 +23,7 @@ from torch.utils.data.dataloader import _DatasetKind
 
 from . import _collate_hook
 from ._heap import keep_freed_memory
+from ._stream_collate import create_fetcher
 from ._worker_loop import WorkerSetup, _is_stateful
 from ._workers import ProcessPool, ThreadPool, UnreadBatch, WorkerDied
 from .sampling import batch_indices, safe_to_draw_before_fork
@@ -163,7 +164,7 @@ class LoaderIterator:
         saved = self._wstate[0] if restore is not None and self._kind == _DatasetKind.Iterable else None
         if saved is not None and "dataset" in saved:
             ds.load_state_dict(saved["dataset"])
-        self._fetcher = _DatasetKind.create_fetcher(
+        self._fetcher = create_fetcher(
             self._kind, ds, loader._auto_collation, loader.collate_fn, loader.drop_last
         )
         if saved is not None and "dataset" not in saved:

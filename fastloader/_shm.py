@@ -227,8 +227,9 @@ class WorkerArena:
         """Maps the pages about to be written in one call, not one fault per page."""
         _advise(seg.mm, _MADV_POPULATE_WRITE, start, nbytes, minimum)
 
-    def _reserve(self, size, dtype: torch.dtype) -> tuple[torch.Tensor, _Segment, int]:
-        """An uninitialised contiguous tensor in the arena, its segment and byte offset."""
+    def reserve(self, size, dtype: torch.dtype) -> tuple[torch.Tensor, _Segment, int]:
+        """An uninitialised contiguous tensor in the arena, its segment and byte offset. Its
+        pages are not mapped here: write them through the segment's fd, or populate them."""
         numel = 1
         for s in size:
             numel *= s
@@ -240,7 +241,7 @@ class WorkerArena:
 
     def empty(self, size, dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised contiguous tensor living in the arena, its pages mapped."""
-        t, seg, offset = self._reserve(size, dtype)
+        t, seg, offset = self.reserve(size, dtype)
         self._populate(seg, offset, t.nbytes)
         return t
 
@@ -249,7 +250,7 @@ class WorkerArena:
         the items are written through the segment's fd by one pwritev: none of its pages is
         mapped here (no faults, nothing counted twice in RSS). Else mapped, and torch stacks."""
         elem = batch[0]
-        out, seg, offset = self._reserve((len(batch), *elem.shape), elem.dtype)
+        out, seg, offset = self.reserve((len(batch), *elem.shape), elem.dtype)
         stacked = _C.stack_plain(batch, out, seg.fd, offset) if fast else None
         if stacked is not None:
             return stacked

@@ -23,6 +23,7 @@ from torch.utils.data._utils import worker as torch_worker
 from torch.utils.data.dataloader import _DatasetKind
 
 from . import _worker_info
+from ._stream_collate import create_fetcher
 
 
 @dataclass
@@ -215,7 +216,7 @@ class Worker:
                     set_rng_state(rng)
             if restore.get("dataset") is not None:
                 s.dataset.load_state_dict(restore["dataset"])
-            self.fetcher = _DatasetKind.create_fetcher(
+            self.fetcher = create_fetcher(
                 s.dataset_kind, s.dataset, s.auto_collation, s.collate_fn, s.drop_last
             )
             for _ in range(replay):

@@ -1,0 +1,226 @@
+"""`default_collate` done while a map-style batch is fetched.
+
+torch fetches every sample of a batch, then `default_collate` stacks them: 64 decoded
+images live at once, each written to fresh memory and read back from memory by the stack.
+Here each large array / tensor of a sample is copied into its batch tensor as soon as the
+sample is fetched, while it is still in cache, and the sample can be freed at once (the
+next sample's array then reuses the same, already mapped, memory). The rest of the
+samples (labels, strings, small arrays) is collated at the end by torch's own `collate`,
+around the filled tensors, so the batch is the one `default_collate` makes.
+
+Used only where that is certain to give torch's batch: the collate_fn is
+`default_collate` (its registry unchanged), the dataset has no `__getitems__`, and every
+sample has the first one's structure (tuples, lists, dicts, namedtuples) with arrays /
+tensors of the same type, dtype and shape. A sample that differs sends the batch back to
+torch's way: the samples already copied go to `default_collate` as views of their rows
+(same values), so the result or the error is torch's. An array that something else still
+holds (a buffer the dataset reuses and may change) is copied at the end, as torch would.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from torch.utils.data._utils import collate as torch_collate
+from torch.utils.data._utils.fetch import _MapDatasetFetcher
+from torch.utils.data.dataloader import _DatasetKind
+
+from . import _C, _collate_hook
+
+# Rows smaller than this gain nothing over one stack at the end (they stay in cache anyway).
+MIN_ROW_BYTES = 32 << 10
+_MAX_DEPTH = 4
+
+
+def create_fetcher(kind, dataset, auto_collation, collate_fn, drop_last):
+    """torch's fetcher, or for a map-style dataset batched by `default_collate` one that
+    collates as it fetches."""
+    getitems = getattr(dataset, "__getitems__", None)
+    if kind == _DatasetKind.Map and auto_collation and collate_fn is torch_collate.default_collate and not getitems:
+        return StreamingMapFetcher(dataset, auto_collation, collate_fn, drop_last)
+    return _DatasetKind.create_fetcher(kind, dataset, auto_collation, collate_fn, drop_last)
+
+
+class _Mismatch(Exception):
+    """A sample unlike the batch's first: the batch is collated torch's way."""
+
+
+def _holders(container, key) -> int:
+    value = container[key]
+    return sys.getrefcount(value)
+
+
+# What `_holders` reports for a value that only its container holds.
+_ONLY_CONTAINER = _holders([object()], 0)
+
+
+class _Rows:
+    """One large array / tensor position of the samples and the batch tensor it fills.
+    It stands for that position in every sample until torch's collate takes the batch."""
+
+    __slots__ = ("is_array", "dtype", "shape", "out", "fd", "offset", "late")
+
+    def __init__(self, leaf, tensor_dtype: torch.dtype, n: int):
+        self.is_array = type(leaf) is np.ndarray
+        self.dtype, self.shape = leaf.dtype, tuple(leaf.shape)
+        self.out, self.fd, self.offset = _collate_hook.batch_tensor((n, *self.shape), tensor_dtype)
+        self.late: dict[int, object] = {}  # row -> sample value, copied in finish()
+
+    @staticmethod
+    def plan(leaf, n: int) -> _Rows | None:
+        if leaf.nbytes < MIN_ROW_BYTES:
+            return None
+        if type(leaf) is np.ndarray:
+            if leaf.dtype.kind not in "biufc" or not leaf.flags.c_contiguous:
+                return None
+            try:
+                tensor_dtype = torch.as_tensor(leaf).dtype  # no copy
+            except (TypeError, ValueError, RuntimeError):  # byte-swapped, or a dtype torch lacks
+                return None
+            return _Rows(leaf, tensor_dtype, n)
+        t: torch.Tensor = leaf
+        if (t.device.type != "cpu" or t.layout != torch.strided or t.is_nested or t.is_quantized
+                or t.requires_grad or t.is_conj() or t.is_neg() or not t.is_contiguous()):
+            return None
+        return _Rows(t, t.dtype, n)
+
+    def take(self, container, key, row: int) -> _Rows:
+        shared = _holders(container, key) > _ONLY_CONTAINER
+        value = container[key]
+        if type(value) is not (np.ndarray if self.is_array else torch.Tensor):
+            raise _Mismatch
+        if value.dtype != self.dtype or tuple(value.shape) != self.shape:
+            raise _Mismatch
+        if shared or not _C.write_row(self.out, row, value, self.is_array, self.fd, self.offset):
+            self.late[row] = value
+        return self
+
+    def finish(self) -> None:
+        for row, value in self.late.items():
+            if _C.write_row(self.out, row, value, self.is_array, self.fd, self.offset):
+                continue
+            if not self.is_array:
+                raise _Mismatch  # a tensor autograd must see, a lazy conjugate, ...: torch's way
+            self.out[row].copy_(torch.as_tensor(value))  # a strided array
+
+    def restore(self, _skeleton, row: int):
+        if row in self.late:
+            return self.late[row]
+        return self.out[row].numpy() if self.is_array else self.out[row]
+
+
+class _Seq:
+    """A tuple, list or namedtuple position; nodes[k] None: element k is taken as it is."""
+
+    __slots__ = ("type", "nodes", "make")
+
+    def __init__(self, kind: type, nodes: list):
+        self.type, self.nodes = kind, nodes
+        self.make = tuple if kind is tuple else list if kind is list else kind._make
+
+    def take(self, container, key, row: int):
+        sample = container[key]
+        if type(sample) is not self.type or len(sample) != len(self.nodes):
+            raise _Mismatch
+        return self.make([n.take(sample, k, row) if n is not None else sample[k] for k, n in enumerate(self.nodes)])
+
+    def restore(self, skeleton, row: int):
+        return self.make([n.restore(s, row) if n is not None else s for s, n in zip(skeleton, self.nodes)])
+
+    def finish(self) -> None:
+        for n in self.nodes:
+            if n is not None:
+                n.finish()
+
+
+class _Dict(_Seq):
+    """A dict position, its keys in the first sample's order."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: list, nodes: list):
+        self.type, self.nodes, self.make, self.keys = dict, nodes, dict, keys
+
+    def take(self, container, key, row: int):
+        sample = container[key]
+        if type(sample) is not dict or len(sample) != len(self.keys):
+            raise _Mismatch
+        try:
+            return {k: n.take(sample, k, row) if n is not None else sample[k] for k, n in zip(self.keys, self.nodes)}
+        except KeyError:
+            raise _Mismatch from None
+
+    def restore(self, skeleton, row: int):
+        return {k: n.restore(skeleton[k], row) if n is not None else skeleton[k] for k, n in zip(self.keys, self.nodes)}
+
+
+def _plan(value, n: int, depth: int = 0):
+    """The node that streams value's large arrays / tensors, or None (taken as it is)."""
+    kind = type(value)
+    if kind is np.ndarray or kind is torch.Tensor:
+        return _Rows.plan(value, n)
+    if depth >= _MAX_DEPTH:
+        return None
+    if kind is tuple or kind is list or (isinstance(value, tuple) and hasattr(value, "_fields") and hasattr(kind, "_make")):
+        nodes = [_plan(v, n, depth + 1) for v in value]
+        return _Seq(kind, nodes) if any(node is not None for node in nodes) else None
+    if kind is dict:
+        nodes = [_plan(v, n, depth + 1) for v in value.values()]
+        return _Dict(list(value), nodes) if any(node is not None for node in nodes) else None
+    return None
+
+
+def _filled(batch, *, collate_fn_map=None):
+    return batch[0].out
+
+
+def _streaming_on() -> bool:
+    registry = torch_collate.default_collate_fn_map
+    return (
+        _collate_hook._fetching()
+        and _collate_hook._compiled_ok()
+        and registry.get(np.ndarray) is torch_collate.collate_numpy_array_fn
+        and registry.get(torch.Tensor) is _collate_hook.collate_tensor_fn
+    )
+
+
+_TAKEN = object()  # a sample already taken apart into its skeleton
+
+
+class StreamingMapFetcher(_MapDatasetFetcher):
+    def fetch(self, possibly_batched_index):
+        index = possibly_batched_index
+        if not _streaming_on() or not hasattr(index, "__len__"):
+            return super().fetch(index)
+        n = len(index)
+        indices = iter(index)
+        for first in indices:
+            break
+        else:
+            return self.collate_fn([])
+        holder = [self.dataset[first]]  # the sample being taken apart, held only here
+        plan = _plan(holder[0], n)
+        if plan is None:
+            return self.collate_fn([holder.pop(), *(self.dataset[i] for i in indices)])
+        skeletons = []
+        try:
+            skeletons.append(plan.take(holder, 0, 0))
+            holder[0] = _TAKEN  # freed before the next sample is made
+            for i in indices:
+                holder[0] = self.dataset[i]
+                if len(skeletons) == n:
+                    raise _Mismatch  # more indices than len() said
+                skeletons.append(plan.take(holder, 0, len(skeletons)))
+                holder[0] = _TAKEN
+            if len(skeletons) != n:
+                raise _Mismatch
+            plan.finish()
+        except _Mismatch:
+            data = [plan.restore(s, row) for row, s in enumerate(skeletons)]
+            if holder[0] is not _TAKEN:
+                data.append(holder[0])
+            holder.clear()
+            data.extend(self.dataset[i] for i in indices)
+            return self.collate_fn(data)
+        return torch_collate.collate(skeletons, collate_fn_map={**torch_collate.default_collate_fn_map, _Rows: _filled})

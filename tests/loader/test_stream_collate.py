@@ -1,0 +1,229 @@
+"""Collation while a batch is fetched (`_stream_collate`): large arrays / tensors copied
+into their batch tensor sample by sample, against torch's fetch-then-`default_collate`:
+same batches, same errors, every sample's array freed before the next is made."""
+import collections
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import default_collate
+from torch.utils.data.dataloader import _DatasetKind
+
+import fastloader
+from fastloader import _C, _collate_hook, _shm, _stream_collate
+
+from test_fast_collate import assert_same, torch_in_a_worker
+
+Pair = collections.namedtuple("Pair", "image extra")
+ROW = (64, 64, 4)  # 16,384 float32 = 64 KB: streamed
+
+
+def image(i, shape=ROW, dtype=np.float32):
+    return np.random.default_rng(i).integers(0, 255, shape).astype(dtype)
+
+
+class Samples:
+    """A map-style dataset from a function of the index."""
+
+    def __init__(self, make, n=12):
+        self.make, self.n = make, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.make(i)
+
+
+SAMPLES = {
+    "tuple": lambda i: (image(i), i),
+    "uint8 image and label": lambda i: (image(i, (224, 224, 3), np.uint8), i % 10),
+    "dict": lambda i: {"image": torch.from_numpy(image(i)), "label": i, "name": f"s{i}", "small": image(i, (3,))},
+    "namedtuple": lambda i: Pair(image(i), (image(i + 1, (40, 40, 8), np.float64), float(i))),
+    "list": lambda i: [image(i, (128, 128), np.int32), image(i + 50, (128, 128), np.int32)],
+    "array alone": lambda i: image(i, (9000,), np.int64),
+    "tensor alone": lambda i: torch.from_numpy(image(i, (200, 100), np.float32)).to(torch.bfloat16),
+    "nested": lambda i: ({"a": image(i), "b": [image(i + 1)]}, (torch.from_numpy(image(i)), i)),
+    # sample 5 differs: torch's way must give torch's batch or torch's error
+    "a larger image": lambda i: (image(i, (65, 64, 4) if i == 5 else ROW), i),
+    "another dtype": lambda i: (image(i, ROW, np.float64 if i == 5 else np.float32), i),
+    "a tensor among arrays": lambda i: (torch.from_numpy(image(i)) if i == 5 else image(i), i),
+    "a missing field": lambda i: (image(i), i) if i != 5 else (image(i),),
+    "a missing key": lambda i: {"image": image(i), ("label" if i != 5 else "other"): i},
+    "a list then a tuple": lambda i: (image(i), i) if i != 5 else [image(i), i],
+    "a transposed view": lambda i: (image(i, (64, 256)) if i != 5 else image(i, (256, 64)).T, i),
+    "a tensor needing grad": lambda i: torch.from_numpy(image(i)).requires_grad_(i == 5),
+    "a number instead": lambda i: (image(i) if i != 5 else 5, i),
+    "small arrays": lambda i: (image(i, (8, 8)), i),  # under MIN_ROW_BYTES: not streamed
+}
+
+
+def fetch_ours(dataset, index):
+    fetcher = _stream_collate.create_fetcher(_DatasetKind.Map, dataset, True, default_collate, False)
+    assert isinstance(fetcher, _stream_collate.StreamingMapFetcher)
+    was = _collate_hook.mark_fetching(True)
+    try:
+        return fetcher.fetch(index)
+    finally:
+        _collate_hook.mark_fetching(was)
+
+
+def outcome(fn):
+    try:
+        return fn(), None
+    except Exception as e:  # the same error, type and text, is part of the contract
+        return None, (type(e), str(e))
+
+
+@pytest.fixture
+def count_rows(monkeypatch):
+    calls = []
+    real = _C.write_row
+
+    def counted(*args):
+        calls.append(args[1])
+        return real(*args)
+
+    monkeypatch.setattr(_C, "write_row", counted)
+    return calls
+
+
+@pytest.mark.parametrize("case", sorted(SAMPLES))
+def test_same_batch_or_error_as_torch(case, count_rows):
+    data = Samples(SAMPLES[case])
+    index = list(range(3, 11))
+    mine, my_error = outcome(lambda: fetch_ours(data, index))
+    theirs, their_error = outcome(lambda: default_collate([data[i] for i in index]))
+    assert my_error == their_error
+    if their_error is None:
+        assert_same(mine, theirs)
+    if case in ("tuple", "uint8 image and label", "dict", "namedtuple", "array alone", "tensor alone"):
+        assert sorted(set(count_rows)) == list(range(len(index)))  # streamed: every row written
+    if case == "small arrays":
+        assert count_rows == []
+
+
+@pytest.mark.parametrize("case", ["tuple", "dict", "nested", "a larger image", "a transposed view"])
+def test_same_as_torch_in_a_worker_arena(case, monkeypatch):
+    """In a worker process the rows are written into the arena's segment through its fd."""
+    data = Samples(SAMPLES[case])
+    index = list(range(8))
+    theirs, their_error = outcome(lambda: torch_in_a_worker([data[i] for i in index]))
+    arena = _shm.WorkerArena(0)
+    monkeypatch.setattr(_collate_hook, "_process_arena", arena)
+    try:
+        mine, my_error = outcome(lambda: fetch_ours(data, index))
+        assert my_error == their_error
+        if their_error is None:
+            assert_same(mine, theirs)
+            first = mine[0] if isinstance(mine, (list, tuple)) else mine
+            first = first["a"] if isinstance(first, dict) and "a" in first else first
+            first = first["image"] if isinstance(first, dict) else first
+            assert arena._find(first) is not None  # written into the arena
+    finally:
+        arena.abandon_batch()
+
+
+def test_each_sample_is_freed_before_the_next_is_made():
+    alive = []
+
+    class Tracked(Samples):
+        def __getitem__(self, i):
+            alive.append(sum(r() is not None for r in refs))
+            arr = image(i)
+            refs.append(weakref.ref(arr))
+            return arr, i
+
+    refs = []
+    batch = fetch_ours(Tracked(None), list(range(16)))
+    assert alive == [0] * 16  # torch holds all 16 until it stacks them
+    assert torch.equal(batch[0], torch.stack([torch.from_numpy(image(i)) for i in range(16)]))
+
+
+def test_a_buffer_the_dataset_reuses_is_copied_when_torch_copies_it():
+    """An array the dataset still holds may change before the batch is stacked: torch
+    stacks what it holds at the end, and so must we."""
+
+    class Reused(Samples):
+        buf = np.zeros(ROW, np.float32)
+
+        def __getitem__(self, i):
+            self.buf[...] = i
+            return self.buf, i
+
+    data = Reused(None)
+    mine = fetch_ours(data, [1, 2, 3])
+    assert_same(mine, default_collate([data[i] for i in [1, 2, 3]]))
+    assert bool((mine[0] == 3).all())
+
+
+class OddIndex:
+    """A batch index whose len() is not the number of indices it yields."""
+
+    def __init__(self, items, length):
+        self.items, self.length = items, length
+
+    def __len__(self):
+        return self.length
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+@pytest.mark.parametrize("length", [2, 6])
+def test_an_index_whose_length_lies(length):
+    data = Samples(SAMPLES["tuple"])
+    assert_same(fetch_ours(data, OddIndex([0, 1, 2, 3], length)), default_collate([data[i] for i in range(4)]))
+
+
+def test_an_error_in_a_sample_propagates_and_the_batch_is_dropped():
+    def make(i):
+        if i == 4:
+            raise KeyError("sample 4")
+        return image(i), i
+
+    with pytest.raises(KeyError, match="sample 4"):
+        fetch_ours(Samples(make), list(range(8)))
+
+
+def test_only_default_collate_over_plain_map_datasets_streams():
+    data = Samples(SAMPLES["tuple"])
+    make = _stream_collate.create_fetcher
+    assert not isinstance(make(_DatasetKind.Map, data, True, lambda b: b, False), _stream_collate.StreamingMapFetcher)
+    assert not isinstance(make(_DatasetKind.Map, data, False, default_collate, False),
+                          _stream_collate.StreamingMapFetcher)
+
+    class Batched(Samples):
+        def __getitems__(self, indices):
+            return [self[i] for i in indices]
+
+    assert not isinstance(make(_DatasetKind.Map, Batched(SAMPLES["tuple"]), True, default_collate, False),
+                          _stream_collate.StreamingMapFetcher)
+
+
+def test_a_changed_collate_registry_is_honoured(monkeypatch, count_rows):
+    from torch.utils.data._utils import collate
+
+    monkeypatch.setitem(collate.default_collate_fn_map, np.ndarray, lambda batch, **kw: "mine")
+    assert fetch_ours(Samples(SAMPLES["tuple"]), [0, 1])[0] == "mine"
+    assert count_rows == []
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(num_workers=0),
+    dict(num_workers=2),
+    dict(num_workers=2, worker_type="thread"),
+    dict(num_workers=1, persistent_workers=True),
+])
+def test_loader_batches_as_torch(kwargs):
+    data = Samples(SAMPLES["uint8 image and label"], n=40)
+    worker_type = kwargs.pop("worker_type", None)
+    extra = {"worker_type": worker_type} if worker_type else {}
+    torch_batches = list(torch.utils.data.DataLoader(
+        data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3), **kwargs))
+    ours = list(fastloader.DataLoader(
+        data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3), **kwargs, **extra))
+    assert len(ours) == len(torch_batches) == 5
+    for a, b in zip(ours, torch_batches):
+        assert_same(a, b)
