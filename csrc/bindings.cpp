@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/block_pool.h"
+#include "common/stream_copy.h"
 #include "image/augment.h"
 #include "image/random_crop.h"
 #include "io/tar.h"
@@ -563,8 +564,15 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int f
   {
     py::gil_scoped_release unlocked;
     const int64_t grain = std::max<int64_t>(1, int64_t(kStackPlainMaxBytes / std::max<size_t>(bytes, 1)));
+    const bool stream = bytes * n >= fl::kStreamCopyMinBytes;
     at::parallel_for(0, int64_t(n), grain, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) std::memcpy(dst + size_t(i) * bytes, sources[size_t(i)], bytes);
+      for (int64_t i = lo; i < hi; ++i) {
+        if (stream) {
+          fl::stream_copy(dst + size_t(i) * bytes, sources[size_t(i)], bytes);
+        } else {
+          std::memcpy(dst + size_t(i) * bytes, sources[size_t(i)], bytes);
+        }
+      }
     });
   }
   return py::cast(result);
@@ -609,7 +617,12 @@ bool write_row(const torch::Tensor& out, int64_t row, py::handle item, bool as_b
       std::vector<const void*> one{source};
       error = pwrite_items(fd, one, row_bytes, offset + row * int64_t(row_bytes), /*gil_held=*/!unlocked);
     } else if (row_bytes > 0) {
-      std::memcpy(static_cast<uint8_t*>(out.data_ptr()) + size_t(row) * row_bytes, source, row_bytes);
+      auto* dst = static_cast<uint8_t*>(out.data_ptr()) + size_t(row) * row_bytes;
+      if (out.nbytes() >= fl::kStreamCopyMinBytes) {
+        fl::stream_copy(dst, source, row_bytes);
+      } else {
+        std::memcpy(dst, source, row_bytes);
+      }
     }
   }
   if (as_buffer) PyBuffer_Release(&view);

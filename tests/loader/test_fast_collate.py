@@ -59,6 +59,7 @@ CASES = {
     "numpy": lambda: [np.full((2, 3), i, dtype=np.int16) for i in range(4)],
     "dicts": lambda: [{"x": rand(2, seed=i), "y": i, "z": float(i)} for i in range(6)],
     "large": lambda: [rand(64, 64, 64, seed=i) for i in range(5)],  # over 1 MB: a pooled block
+    "large, odd rows": lambda: [rand(70001, seed=i).to(torch.uint8) for i in range(64)],  # streamed, unaligned
     "many items": lambda: [rand(4, seed=i) for i in range(2500)],  # a worker's pwritev takes 1024 at a time
 }
 

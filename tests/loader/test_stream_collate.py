@@ -125,6 +125,12 @@ def test_same_as_torch_in_a_worker_arena(case, monkeypatch):
         arena.abandon_batch()
 
 
+def test_a_batch_of_many_odd_sized_rows():
+    """4.5 MB of 70,001-byte rows: written with non-temporal stores, at unaligned offsets."""
+    data = Samples(lambda i: (image(i, (70001,), np.uint8), i), n=64)
+    assert_same(fetch_ours(data, list(range(64))), default_collate([data[i] for i in range(64)]))
+
+
 def test_each_sample_is_freed_before_the_next_is_made():
     alive = []
 
