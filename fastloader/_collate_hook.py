@@ -14,6 +14,8 @@ segment is mapped in the worker, so none faults there or counts twice in RSS); p
 `_C.tensor_of_numbers`). These are the tensors torch makes. Anything else, and everything
 while a torch function or dispatch mode is on, goes to torch's own code. Everywhere else
 (torch's DataLoader, a user's own call) the calls go to torch's functions unchanged.
+Large arrays of a map-style batch never get here as a list: `_stream_collate` copies them
+into the batch tensor (`batch_tensor`) as their samples are fetched.
 """
 from __future__ import annotations
 
