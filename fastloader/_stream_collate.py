@@ -191,9 +191,12 @@ _TAKEN = object()  # a sample already taken apart into its skeleton
 class StreamingMapFetcher(_MapDatasetFetcher):
     def fetch(self, possibly_batched_index):
         index = possibly_batched_index
-        if not _streaming_on() or not hasattr(index, "__len__"):
+        try:
+            n = len(index) if _streaming_on() else 0
+        except TypeError:  # no len(): torch's way (which only iterates it)
+            n = 0
+        if n <= 0:
             return super().fetch(index)
-        n = len(index)
         indices = iter(index)
         for first in indices:
             break

@@ -177,10 +177,18 @@ class OddIndex:
         return iter(self.items)
 
 
-@pytest.mark.parametrize("length", [2, 6])
+@pytest.mark.parametrize("length", [0, 2, 6])
 def test_an_index_whose_length_lies(length):
     data = Samples(SAMPLES["tuple"])
     assert_same(fetch_ours(data, OddIndex([0, 1, 2, 3], length)), default_collate([data[i] for i in range(4)]))
+
+
+@pytest.mark.parametrize("index", [lambda: torch.tensor(3), lambda: iter([1, 2])])
+def test_an_index_without_a_length_goes_torch_s_way(index):
+    data = Samples(SAMPLES["tuple"])
+    mine, my_error = outcome(lambda: fetch_ours(data, index()))
+    theirs, their_error = outcome(lambda: default_collate([data[i] for i in index()]))
+    assert my_error == their_error and (mine is None or assert_same(mine, theirs) is None)
 
 
 def test_an_error_in_a_sample_propagates_and_the_batch_is_dropped():
