@@ -9,12 +9,14 @@ samples (labels, strings, small arrays) is collated at the end by torch's own `c
 around the filled tensors, so the batch is the one `default_collate` makes.
 
 Used only where that is certain to give torch's batch: the collate_fn is
-`default_collate` (its registry unchanged), the dataset has no `__getitems__`, and every
-sample has the first one's structure (tuples, lists, dicts, namedtuples) with arrays /
-tensors of the same type, dtype and shape. A sample that differs sends the batch back to
-torch's way: the samples already copied go to `default_collate` as views of their rows
-(same values), so the result or the error is torch's. An array that something else still
-holds (a buffer the dataset reuses and may change) is copied at the end, as torch would.
+`default_collate`, its registry has torch's entries for arrays and tensors and none that
+would see the samples' containers, the dataset has no `__getitems__`, and every sample has
+the first one's structure (tuples, lists, dicts, namedtuples) with arrays / tensors of the
+same type, dtype and shape. A sample that differs, or a container the dataset still holds
+(it may refill it), sends the batch back to torch's way: the samples already copied go to
+`default_collate` as views of their rows (same values), so the result or the error is
+torch's. An array whose bytes anything else can still reach (an array the dataset keeps,
+a view of one, a tensor sharing its storage) is copied at the end, as torch copies it.
 """
 from __future__ import annotations
 
@@ -36,8 +38,7 @@ _MAX_DEPTH = 4
 def create_fetcher(kind, dataset, auto_collation, collate_fn, drop_last):
     """torch's fetcher, or for a map-style dataset batched by `default_collate` one that
     collates as it fetches."""
-    getitems = getattr(dataset, "__getitems__", None)
-    if kind == _DatasetKind.Map and auto_collation and collate_fn is torch_collate.default_collate and not getitems:
+    if kind == _DatasetKind.Map and auto_collation and collate_fn is torch_collate.default_collate:
         return StreamingMapFetcher(dataset, auto_collation, collate_fn, drop_last)
     return _DatasetKind.create_fetcher(kind, dataset, auto_collation, collate_fn, drop_last)
 
@@ -51,8 +52,39 @@ def _holders(container, key) -> int:
     return sys.getrefcount(value)
 
 
-# What `_holders` reports for a value that only its container holds.
+def _base_holders(array) -> int:
+    base = array.base
+    return sys.getrefcount(base)
+
+
+def _storage_users(tensor) -> int:
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+# What these report for a value only its container holds, a base only its view holds, and
+# the storage of a tensor nothing else uses.
 _ONLY_CONTAINER = _holders([object()], 0)
+_ONLY_VIEW = _base_holders(np.zeros(1)[:])
+_ONLY_TENSOR = _storage_users(torch.zeros(1)) if hasattr(torch._C, "_storage_Use_Count") else None
+
+
+def _private(value) -> bool:
+    """Only this array / tensor reaches its bytes, so nothing can change them before the
+    batch is stacked: an array owning them, or viewing arrays nothing else holds, down to
+    one owning them or to an immutable bytes object; a tensor on a torch-allocated storage
+    nothing else uses."""
+    if type(value) is torch.Tensor:
+        return (_ONLY_TENSOR is not None and value._base is None and value.untyped_storage().resizable()
+                and _storage_users(value) == _ONLY_TENSOR)
+    while value.base is not None:
+        if _base_holders(value) > _ONLY_VIEW:
+            return False
+        value = value.base
+        if type(value) is bytes:
+            return True
+        if type(value) is not np.ndarray:
+            return False
+    return True
 
 
 class _Rows:
@@ -88,21 +120,28 @@ class _Rows:
     def take(self, container, key, row: int) -> _Rows:
         shared = _holders(container, key) > _ONLY_CONTAINER
         value = container[key]
+        self._check(value)
+        if shared or not _private(value) or not _C.write_row(self.out, row, value, self.is_array, self.fd, self.offset):
+            self.late[row] = value
+        return self
+
+    def _check(self, value) -> None:
         if type(value) is not (np.ndarray if self.is_array else torch.Tensor):
             raise _Mismatch
         if value.dtype != self.dtype or tuple(value.shape) != self.shape:
             raise _Mismatch
-        if shared or not _C.write_row(self.out, row, value, self.is_array, self.fd, self.offset):
-            self.late[row] = value
-        return self
 
     def finish(self) -> None:
         for row, value in self.late.items():
+            self._check(value)  # the dataset may have changed what it kept
             if _C.write_row(self.out, row, value, self.is_array, self.fd, self.offset):
                 continue
             if not self.is_array:
                 raise _Mismatch  # a tensor autograd must see, a lazy conjugate, ...: torch's way
             self.out[row].copy_(torch.as_tensor(value))  # a strided array
+
+    def types(self) -> set:
+        return set()
 
     def restore(self, _skeleton, row: int):
         if row in self.late:
@@ -120,6 +159,8 @@ class _Seq:
         self.make = tuple if kind is tuple else list if kind is list else kind._make
 
     def take(self, container, key, row: int):
+        if _holders(container, key) > _ONLY_CONTAINER:
+            raise _Mismatch  # the dataset may change it before torch would collate it
         sample = container[key]
         if type(sample) is not self.type or len(sample) != len(self.nodes):
             raise _Mismatch
@@ -133,6 +174,10 @@ class _Seq:
             if n is not None:
                 n.finish()
 
+    def types(self) -> set:
+        """The container types of the samples, which torch's collate looks up."""
+        return {self.type}.union(*(n.types() for n in self.nodes if n is not None))
+
 
 class _Dict(_Seq):
     """A dict position, its keys in the first sample's order."""
@@ -143,6 +188,8 @@ class _Dict(_Seq):
         self.type, self.nodes, self.make, self.keys = dict, nodes, dict, keys
 
     def take(self, container, key, row: int):
+        if _holders(container, key) > _ONLY_CONTAINER:
+            raise _Mismatch
         sample = container[key]
         if type(sample) is not dict or len(sample) != len(self.keys):
             raise _Mismatch
@@ -185,6 +232,21 @@ def _streaming_on() -> bool:
     )
 
 
+def _registry_leaves_alone(container_types: set) -> bool:
+    """No collate function of the registry would be handed these containers (torch's
+    `collate` looks each one up by type, then by isinstance), which hold rows here."""
+    registry = torch_collate.default_collate_fn_map
+    return not any(issubclass(t, key) for key in registry for t in container_types)
+
+
+def _plan_or_none(sample, n: int):
+    try:
+        plan = _plan(sample, n)
+    except Exception:  # an unusual array or tensor (a nested one, ...), or no memory for n rows
+        return None
+    return plan if plan is not None and _registry_leaves_alone(plan.types()) else None
+
+
 _TAKEN = object()  # a sample already taken apart into its skeleton
 
 
@@ -192,10 +254,10 @@ class StreamingMapFetcher(_MapDatasetFetcher):
     def fetch(self, possibly_batched_index):
         index = possibly_batched_index
         try:
-            n = len(index) if _streaming_on() else 0
-        except TypeError:  # no len(): torch's way (which only iterates it)
+            n = len(index) if _streaming_on() and not getattr(self.dataset, "__getitems__", None) else 0
+        except Exception:  # no len(), or a broken one: torch's way (which only iterates it)
             n = 0
-        if n <= 0:
+        if not isinstance(n, int) or n <= 0:
             return super().fetch(index)
         indices = iter(index)
         for first in indices:
@@ -203,22 +265,22 @@ class StreamingMapFetcher(_MapDatasetFetcher):
         else:
             return self.collate_fn([])
         holder = [self.dataset[first]]  # the sample being taken apart, held only here
-        plan = _plan(holder[0], n)
+        plan = _plan_or_none(holder[0], n)
         if plan is None:
             return self.collate_fn([holder.pop(), *(self.dataset[i] for i in indices)])
         skeletons = []
         try:
-            skeletons.append(plan.take(holder, 0, 0))
+            skeletons.append(_guarded(plan.take, holder, 0, 0))
             holder[0] = _TAKEN  # freed before the next sample is made
             for i in indices:
                 holder[0] = self.dataset[i]
                 if len(skeletons) == n:
                     raise _Mismatch  # more indices than len() said
-                skeletons.append(plan.take(holder, 0, len(skeletons)))
+                skeletons.append(_guarded(plan.take, holder, 0, len(skeletons)))
                 holder[0] = _TAKEN
             if len(skeletons) != n:
                 raise _Mismatch
-            plan.finish()
+            _guarded(plan.finish)
         except _Mismatch:
             data = [plan.restore(s, row) for row, s in enumerate(skeletons)]
             if holder[0] is not _TAKEN:
@@ -227,3 +289,14 @@ class StreamingMapFetcher(_MapDatasetFetcher):
             data.extend(self.dataset[i] for i in indices)
             return self.collate_fn(data)
         return torch_collate.collate(skeletons, collate_fn_map={**torch_collate.default_collate_fn_map, _Rows: _filled})
+
+
+def _guarded(step, *args):
+    """A step of the plan; whatever it raises is a mismatch (the dataset is not called in
+    it, so none of the dataset's own errors is caught)."""
+    try:
+        return step(*args)
+    except _Mismatch:
+        raise
+    except Exception as e:  # an odd value (a nested tensor's shape, a negative stride, ...)
+        raise _Mismatch from e

@@ -39,7 +39,7 @@ class Samples:
 SAMPLES = {
     "tuple": lambda i: (image(i), i),
     "uint8 image and label": lambda i: (image(i, (224, 224, 3), np.uint8), i % 10),
-    "dict": lambda i: {"image": torch.from_numpy(image(i)), "label": i, "name": f"s{i}", "small": image(i, (3,))},
+    "dict": lambda i: {"image": torch.from_numpy(image(i)).clone(), "label": i, "name": f"s{i}", "small": image(i, (3,))},
     "namedtuple": lambda i: Pair(image(i), (image(i + 1, (40, 40, 8), np.float64), float(i))),
     "list": lambda i: [image(i, (128, 128), np.int32), image(i + 50, (128, 128), np.int32)],
     "array alone": lambda i: image(i, (9000,), np.int64),
@@ -164,6 +164,99 @@ def test_a_buffer_the_dataset_reuses_is_copied_when_torch_copies_it():
     assert bool((mine[0] == 3).all())
 
 
+class Refilled(Samples):
+    """Datasets that hand out what they keep and refill it for the next sample."""
+
+    def __init__(self, kind):
+        super().__init__(None)
+        self.kind, self.buf, self.box = kind, np.zeros(ROW, np.float32), {}
+
+    def __getitem__(self, i):
+        self.buf[...] = i
+        if self.kind == "view":
+            return self.buf[:], i
+        if self.kind == "reshaped view":
+            return self.buf.reshape(-1), i
+        if self.kind == "from_numpy":
+            return torch.from_numpy(self.buf), i
+        if self.kind == "tensor storage":
+            return self.tensor_view(), i
+        if self.kind == "dict":
+            self.box["x"] = image(i)
+            return self.box
+        if self.kind == "list":
+            self.box = self.box if isinstance(self.box, list) else [None, 0]
+            self.box[0], self.box[1] = image(i), i
+            return self.box
+        if self.kind == "reshaped later":  # a kept array, then its shape changed in place
+            if i == 3:
+                self.buf.shape = (64, 4, 64)
+                return image(i), i
+            return self.buf, i
+        raise AssertionError(self.kind)
+
+    def tensor_view(self):
+        if not hasattr(self, "tensor"):
+            self.tensor = torch.zeros(ROW)
+        self.tensor.fill_(float(self.buf.flat[0]))
+        return self.tensor.detach()
+
+
+@pytest.mark.parametrize("kind", ["view", "reshaped view", "from_numpy", "tensor storage", "dict", "list",
+                                  "reshaped later"])
+def test_what_the_dataset_keeps_is_collated_as_torch_leaves_it(kind):
+    """torch stacks at the end what the dataset handed out: a buffer refilled since shows
+    its last contents in every row (or the error its new shape gives), and so here."""
+    mine, my_error = outcome(lambda: fetch_ours(Refilled(kind), [1, 2, 3]))
+    data = Refilled(kind)
+    theirs, their_error = outcome(lambda: default_collate([data[i] for i in [1, 2, 3]]))
+    assert my_error == their_error
+    if their_error is None:
+        assert_same(mine, theirs)
+
+
+def test_dataset_calls_are_torch_s_on_a_fallback():
+    calls = []
+
+    def make(i):
+        calls.append(i)
+        return SAMPLES["a larger image"](i)
+
+    for index in ([0, 1, 2, 3, 4, 5, 6], [4, 5], [5, 0, 1], OddIndex([5, 6, 7], 2)):
+        calls.clear()
+        mine, my_error = outcome(lambda: fetch_ours(Samples(make), index))
+        mine_calls = list(calls)
+        calls.clear()
+        theirs, their_error = outcome(lambda: default_collate([make(i) for i in index]))
+        assert mine_calls == calls and my_error == their_error
+
+
+@pytest.mark.parametrize("case", [
+    lambda i: ("s" if i == 1 else i, image(i) if i != 1 else image(i, (64, 64, 8))[:, :, ::-1][..., :4]),
+    lambda i: torch.ones(64, 256) * i if i != 7 else torch.nested.nested_tensor([torch.ones(64, 256)]),
+    lambda i: {"a": (image(i), image(i + 9, (9,))), "b": i} if i != 7 else {"a": (image(i), image(i, (8,))), "b": i},
+    lambda i: (image(i, (64, 256), np.float16), (image(i, (64, 256)) > 100), image(i, (64, 128)).astype(np.complex64)),
+])
+def test_odd_values_and_late_mismatches_as_torch(case, count_rows):
+    data = Samples(case)
+    index = list(range(8))
+    mine, my_error = outcome(lambda: fetch_ours(data, index))
+    theirs, their_error = outcome(lambda: default_collate([data[i] for i in index]))
+    assert my_error == their_error
+    if their_error is None:
+        assert_same(mine, theirs)
+
+
+def test_streamed_rows_are_copied_as_fetched_not_at_the_end(monkeypatch):
+    late = []
+    real = _stream_collate._Rows.finish
+    monkeypatch.setattr(_stream_collate._Rows, "finish", lambda self: (late.append(len(self.late)), real(self))[1])
+    for case in ("tuple", "uint8 image and label", "dict", "namedtuple", "array alone", "tensor alone"):
+        late.clear()
+        fetch_ours(Samples(SAMPLES[case]), list(range(8)))
+        assert late and set(late) == {0}, case
+
+
 class OddIndex:
     """A batch index whose len() is not the number of indices it yields."""
 
@@ -201,7 +294,7 @@ def test_an_error_in_a_sample_propagates_and_the_batch_is_dropped():
         fetch_ours(Samples(make), list(range(8)))
 
 
-def test_only_default_collate_over_plain_map_datasets_streams():
+def test_only_default_collate_over_plain_map_datasets_streams(count_rows):
     data = Samples(SAMPLES["tuple"])
     make = _stream_collate.create_fetcher
     assert not isinstance(make(_DatasetKind.Map, data, True, lambda b: b, False), _stream_collate.StreamingMapFetcher)
@@ -212,15 +305,18 @@ def test_only_default_collate_over_plain_map_datasets_streams():
         def __getitems__(self, indices):
             return [self[i] for i in indices]
 
-    assert not isinstance(make(_DatasetKind.Map, Batched(SAMPLES["tuple"]), True, default_collate, False),
-                          _stream_collate.StreamingMapFetcher)
+    batched = Batched(SAMPLES["tuple"])
+    assert_same(fetch_ours(batched, [0, 1]), default_collate(batched.__getitems__([0, 1])))
+    assert count_rows == []
 
 
-def test_a_changed_collate_registry_is_honoured(monkeypatch, count_rows):
+@pytest.mark.parametrize("key", [np.ndarray, collections.abc.Sequence, tuple, object])
+def test_a_collate_registry_entry_that_would_see_the_samples_is_honoured(key, monkeypatch, count_rows):
     from torch.utils.data._utils import collate
 
-    monkeypatch.setitem(collate.default_collate_fn_map, np.ndarray, lambda batch, **kw: "mine")
-    assert fetch_ours(Samples(SAMPLES["tuple"]), [0, 1])[0] == "mine"
+    monkeypatch.setitem(collate.default_collate_fn_map, key, lambda batch, **kw: [type(x).__name__ for x in batch])
+    data = Samples(SAMPLES["tuple"])
+    assert_same(fetch_ours(data, [0, 1]), default_collate([data[0], data[1]]))
     assert count_rows == []
 
 
