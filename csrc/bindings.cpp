@@ -1,6 +1,7 @@
 // The only file that includes torch: turns Python objects into raw pointers, releases the
 // GIL around the torch-free kernels, and maps their errors to Python exceptions.
 #include <torch/extension.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include <sys/uio.h>
 #include <unistd.h>
@@ -634,6 +635,39 @@ bool write_row(const torch::Tensor& out, int64_t row, py::handle item, bool as_b
   return true;
 }
 
+// torch.randperm(n, generator=gen) on the CPU, made as it is read: torch's forward
+// Fisher-Yates (step i swaps r[i] with r[i + random() % (n - i)]), whose first k entries
+// are final after k steps. For a generator nothing else sees (RandomSampler's private
+// one), the first batch needs only its own steps, not all n.
+class LazyPermutation {
+ public:
+  LazyPermutation(int64_t n, at::Generator gen) : gen_(std::move(gen)), r_(torch::arange(n, torch::kInt64)), n_(n) {
+    at::check_generator<at::CPUGeneratorImpl>(gen_);
+  }
+
+  // The next up to k entries (fewer at the end; none once all are read).
+  torch::Tensor next(int64_t k) {
+    const int64_t start = done_, end = std::min(n_, done_ + std::max<int64_t>(k, 0));
+    int64_t* r = r_.data_ptr<int64_t>();
+    auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen_);
+    std::lock_guard<std::mutex> lock(gen_.mutex());
+    for (int64_t i = start; i < std::min(end, n_ - 1); ++i) {
+      const int64_t z = int64_t(impl->random()) % (n_ - i);
+      std::swap(r[i], r[i + z]);
+    }
+    done_ = end;
+    return r_.slice(0, start, end);
+  }
+
+  int64_t size() const { return n_; }
+
+ private:
+  at::Generator gen_;
+  torch::Tensor r_;
+  int64_t n_;
+  int64_t done_ = 0;
+};
+
 // torch.tensor(batch) for a list or tuple of plain ints that fit int64 (an int64 tensor),
 // or with as_double, torch.tensor(batch, dtype=torch.float64) for one of plain floats.
 py::object tensor_of_numbers(py::handle batch, bool as_double) {
@@ -688,6 +722,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("id_of", &fl::WordPieceTokenizer::id_of)
       .def("encode_batch", &wordpiece_encode_batch, py::arg("texts"), py::arg("pairs"),
            py::arg("add_special_tokens"), py::arg("max_length"), py::arg("truncation"), py::arg("num_threads"));
+  py::class_<LazyPermutation>(m, "LazyPermutation")
+      .def(py::init<int64_t, at::Generator>(), py::arg("n"), py::arg("generator"))
+      .def("next", &LazyPermutation::next, py::arg("k"))
+      .def("__len__", &LazyPermutation::size);
   m.def("pack_first_fit_decreasing", &pack_first_fit_decreasing, py::arg("lengths"), py::arg("capacity"));
   m.def("stack_plain", &stack_plain, py::arg("batch"), py::arg("out") = py::none(), py::arg("fd") = -1,
         py::arg("offset") = 0);

@@ -267,7 +267,9 @@ class StreamingMapFetcher(_MapDatasetFetcher):
         holder = [self.dataset[first]]  # the sample being taken apart, held only here
         plan = _plan_or_none(holder[0], n)
         if plan is None:
-            return self.collate_fn([holder.pop(), *(self.dataset[i] for i in indices)])
+            data = [holder.pop()]
+            data += [self.dataset[i] for i in indices]  # a list comprehension, as torch's
+            return self.collate_fn(data)
         skeletons = []
         try:
             skeletons.append(_guarded(plan.take, holder, 0, 0))
@@ -286,7 +288,7 @@ class StreamingMapFetcher(_MapDatasetFetcher):
             if holder[0] is not _TAKEN:
                 data.append(holder[0])
             holder.clear()
-            data.extend(self.dataset[i] for i in indices)
+            data += [self.dataset[i] for i in indices]
             return self.collate_fn(data)
         return torch_collate.collate(skeletons, collate_fn_map={**torch_collate.default_collate_fn_map, _Rows: _filled})
 
