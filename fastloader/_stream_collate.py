@@ -10,9 +10,9 @@ around the filled tensors, so the batch is the one `default_collate` makes.
 
 Used only where that is certain to give torch's batch: the collate_fn is
 `default_collate`, its registry has torch's entries for arrays and tensors and none that
-would see the samples' containers, the dataset has no `__getitems__`, and every sample has
-the first one's structure (tuples, lists, dicts, namedtuples) with arrays / tensors of the
-same type, dtype and shape. A sample that differs, or a container the dataset still holds
+would see the samples' containers, the dataset has no `__getitems__` (or is a `Subset` of
+one that has none), and every sample has the first one's structure (tuples, lists, dicts,
+namedtuples) with arrays / tensors of the same type, dtype and shape. A sample that differs, or a container the dataset still holds
 (it may refill it), sends the batch back to torch's way: the samples already copied go to
 `default_collate` as views of their rows (same values), so the result or the error is
 torch's. An array whose bytes anything else can still reach (an array the dataset keeps,
@@ -24,6 +24,7 @@ import sys
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 from torch.utils.data._utils import collate as torch_collate
 from torch.utils.data._utils.fetch import _MapDatasetFetcher
 from torch.utils.data.dataloader import _DatasetKind
@@ -250,11 +251,25 @@ def _plan_or_none(sample, n: int):
 _TAKEN = object()  # a sample already taken apart into its skeleton
 
 
+def _one_by_one(dataset):
+    """How torch's fetch gets a batch's samples where it gets them one at a time:
+    `dataset[i]` (no `__getitems__`), or for a `Subset` of such a dataset
+    `dataset.dataset[dataset.indices[i]]` (what `Subset.__getitems__` then does); None
+    where a `__getitems__` makes the whole batch."""
+    if not getattr(dataset, "__getitems__", None):
+        return lambda i: dataset[i]
+    if type(dataset) is Subset and not callable(getattr(dataset.dataset, "__getitems__", None)):
+        inner, positions = dataset.dataset, dataset.indices
+        return lambda i: inner[positions[i]]
+    return None
+
+
 class StreamingMapFetcher(_MapDatasetFetcher):
     def fetch(self, possibly_batched_index):
         index = possibly_batched_index
+        get = _one_by_one(self.dataset) if _streaming_on() else None
         try:
-            n = len(index) if _streaming_on() and not getattr(self.dataset, "__getitems__", None) else 0
+            n = len(index) if get is not None else 0
         except Exception:  # no len(), or a broken one: torch's way (which only iterates it)
             n = 0
         if not isinstance(n, int) or n <= 0:
@@ -264,18 +279,18 @@ class StreamingMapFetcher(_MapDatasetFetcher):
             break
         else:
             return self.collate_fn([])
-        holder = [self.dataset[first]]  # the sample being taken apart, held only here
+        holder = [get(first)]  # the sample being taken apart, held only here
         plan = _plan_or_none(holder[0], n)
         if plan is None:
             data = [holder.pop()]
-            data += [self.dataset[i] for i in indices]  # a list comprehension, as torch's
+            data += [get(i) for i in indices]  # a list comprehension, as torch's
             return self.collate_fn(data)
         skeletons = []
         try:
             skeletons.append(_guarded(plan.take, holder, 0, 0))
             holder[0] = _TAKEN  # freed before the next sample is made
             for i in indices:
-                holder[0] = self.dataset[i]
+                holder[0] = get(i)
                 if len(skeletons) == n:
                     raise _Mismatch  # more indices than len() said
                 skeletons.append(_guarded(plan.take, holder, 0, len(skeletons)))
@@ -288,7 +303,7 @@ class StreamingMapFetcher(_MapDatasetFetcher):
             if holder[0] is not _TAKEN:
                 data.append(holder[0])
             holder.clear()
-            data += [self.dataset[i] for i in indices]
+            data += [get(i) for i in indices]
             return self.collate_fn(data)
         return torch_collate.collate(skeletons, collate_fn_map={**torch_collate.default_collate_fn_map, _Rows: _filled})
 

@@ -310,6 +310,36 @@ def test_only_default_collate_over_plain_map_datasets_streams(count_rows):
     assert count_rows == []
 
 
+def test_a_subset_streams_as_subset_getitems_fetches(monkeypatch):
+    """random_split's Subsets have __getitems__, which fetches one by one from a dataset
+    without one: streamed, with the same calls; a dataset with its own goes torch's way."""
+    late = []
+    real = _stream_collate._Rows.finish
+    monkeypatch.setattr(_stream_collate._Rows, "finish", lambda self: (late.append(len(self.late)), real(self))[1])
+    calls = []
+
+    class Logged(Samples):
+        def __getitem__(self, i):
+            calls.append(i)
+            return super().__getitem__(i)
+
+    subset = torch.utils.data.Subset(Logged(SAMPLES["tuple"]), [5, 3, 9, 0, 7])
+    mine = fetch_ours(subset, [4, 0, 2])
+    assert late == [0] and calls == [7, 5, 9]
+    assert_same(mine, default_collate(subset.__getitems__([4, 0, 2])))
+
+    class Batched(Logged):
+        def __getitems__(self, indices):
+            calls.append(("batch", list(indices)))
+            return [self[i] for i in indices]
+
+    calls.clear()
+    late.clear()
+    subset = torch.utils.data.Subset(Batched(SAMPLES["tuple"]), [5, 3, 9])
+    assert_same(fetch_ours(subset, [2, 1]), default_collate([subset.dataset[9], subset.dataset[3]]))
+    assert calls[0] == ("batch", [9, 3]) and late == []
+
+
 @pytest.mark.parametrize("key", [np.ndarray, collections.abc.Sequence, tuple, object])
 def test_a_collate_registry_entry_that_would_see_the_samples_is_honoured(key, monkeypatch, count_rows):
     from torch.utils.data._utils import collate
