@@ -30,6 +30,7 @@ from torch.utils.data._utils.fetch import _MapDatasetFetcher
 from torch.utils.data.dataloader import _DatasetKind
 
 from . import _C, _collate_hook
+from ._storage import storage_users
 
 # Rows smaller than this gain nothing over one stack at the end (they stay in cache anyway).
 MIN_ROW_BYTES = 32 << 10
@@ -58,15 +59,11 @@ def _base_holders(array) -> int:
     return sys.getrefcount(base)
 
 
-def _storage_users(tensor) -> int:
-    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
-
-
 # What these report for a value only its container holds, a base only its view holds, and
 # the storage of a tensor nothing else uses.
 _ONLY_CONTAINER = _holders([object()], 0)
 _ONLY_VIEW = _base_holders(np.zeros(1)[:])
-_ONLY_TENSOR = _storage_users(torch.zeros(1)) if hasattr(torch._C, "_storage_Use_Count") else None
+_ONLY_TENSOR = storage_users(torch.zeros(1))  # None where torch's counter is gone: never private
 
 
 def _private(value) -> bool:
@@ -76,7 +73,7 @@ def _private(value) -> bool:
     nothing else uses."""
     if type(value) is torch.Tensor:
         return (_ONLY_TENSOR is not None and value._base is None and value.untyped_storage().resizable()
-                and _storage_users(value) == _ONLY_TENSOR)
+                and storage_users(value) == _ONLY_TENSOR)
     while value.base is not None:
         if _base_holders(value) > _ONLY_VIEW:
             return False
@@ -159,12 +156,17 @@ class _Seq:
         self.type, self.nodes = kind, nodes
         self.make = tuple if kind is tuple else list if kind is list else kind._make
 
-    def take(self, container, key, row: int):
+    def _sample(self, container, key):
+        """container[key], a container of this position's type and size only it holds."""
         if _holders(container, key) > _ONLY_CONTAINER:
             raise _Mismatch  # the dataset may change it before torch would collate it
         sample = container[key]
         if type(sample) is not self.type or len(sample) != len(self.nodes):
             raise _Mismatch
+        return sample
+
+    def take(self, container, key, row: int):
+        sample = self._sample(container, key)
         return self.make([n.take(sample, k, row) if n is not None else sample[k] for k, n in enumerate(self.nodes)])
 
     def restore(self, skeleton, row: int):
@@ -189,11 +191,7 @@ class _Dict(_Seq):
         self.type, self.nodes, self.make, self.keys = dict, nodes, dict, keys
 
     def take(self, container, key, row: int):
-        if _holders(container, key) > _ONLY_CONTAINER:
-            raise _Mismatch
-        sample = container[key]
-        if type(sample) is not dict or len(sample) != len(self.keys):
-            raise _Mismatch
+        sample = self._sample(container, key)
         try:
             return {k: n.take(sample, k, row) if n is not None else sample[k] for k, n in zip(self.keys, self.nodes)}
         except KeyError:

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import torch
 from torch.utils.data import BatchSampler, RandomSampler
+from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from . import _C
-from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 
 def _permutation_chunks(sampler: RandomSampler, step: int) -> Iterator[torch.Tensor]:
