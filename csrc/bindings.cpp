@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/block_pool.h"
+#include "common/lazy_shuffle.h"
 #include "common/stream_copy.h"
 #include "image/augment.h"
 #include "image/random_crop.h"
@@ -635,37 +636,30 @@ bool write_row(const torch::Tensor& out, int64_t row, py::handle item, bool as_b
   return true;
 }
 
-// torch.randperm(n, generator=gen) on the CPU, made as it is read: torch's forward
-// Fisher-Yates (step i swaps r[i] with r[i + random() % (n - i)]), whose first k entries
-// are final after k steps. For a generator nothing else sees (RandomSampler's private
-// one), the first batch needs only its own steps, not all n.
+// torch.randperm(n, generator=gen) on the CPU, made as it is read (fl::LazyShuffle: the
+// same steps and draws). For a generator nothing else sees (RandomSampler's private one),
+// the first batch needs only its own steps, not all n.
 class LazyPermutation {
  public:
-  LazyPermutation(int64_t n, at::Generator gen) : gen_(std::move(gen)), r_(torch::arange(n, torch::kInt64)), n_(n) {
+  LazyPermutation(int64_t n, at::Generator gen) : gen_(std::move(gen)), shuffle_(n) {
     at::check_generator<at::CPUGeneratorImpl>(gen_);
   }
 
   // The next up to k entries (fewer at the end; none once all are read).
   torch::Tensor next(int64_t k) {
-    const int64_t start = done_, end = std::min(n_, done_ + std::max<int64_t>(k, 0));
-    int64_t* r = r_.data_ptr<int64_t>();
+    const int64_t count = std::min(shuffle_.remaining(), std::max<int64_t>(k, 0));
+    torch::Tensor out = torch::empty({count}, torch::kInt64);
     auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen_);
     std::lock_guard<std::mutex> lock(gen_.mutex());
-    for (int64_t i = start; i < std::min(end, n_ - 1); ++i) {
-      const int64_t z = int64_t(impl->random()) % (n_ - i);
-      std::swap(r[i], r[i + z]);
-    }
-    done_ = end;
-    return r_.slice(0, start, end);
+    shuffle_.next(count, [impl] { return impl->random(); }, out.data_ptr<int64_t>());
+    return out;
   }
 
-  int64_t size() const { return n_; }
+  int64_t size() const { return shuffle_.size(); }
 
  private:
   at::Generator gen_;
-  torch::Tensor r_;
-  int64_t n_;
-  int64_t done_ = 0;
+  fl::LazyShuffle shuffle_;
 };
 
 // torch.tensor(batch) for a list or tuple of plain ints that fit int64 (an int64 tensor),

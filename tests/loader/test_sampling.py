@@ -9,7 +9,9 @@ from fastloader import _C
 from fastloader.sampling import batch_indices
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 1000, 100_003])
+# 1000 and 100_003 switch from the sparse map to the array at n/16 steps, 2**21 + 3 at the
+# 64K-step cap; the uneven reads cross both switches mid-call.
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 100_003, 2**21 + 3])
 def test_lazy_permutation_is_torch_randperm(n):
     for seed in (0, 5, 2**40 + 3):
         theirs, ours = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
