@@ -2,6 +2,8 @@
 driving the compiled image pipeline."""
 from __future__ import annotations
 
+import os
+import time
 import warnings
 
 import pytest
@@ -89,6 +91,40 @@ def test_loader_benchmark_measures_both(capsys):
     (row,) = rows
     for impl in ("torch", "fastloader"):
         assert row[impl]["batches_per_s"] > 0 and row[impl]["ttfb_ms"] > 0 and row[impl]["peak_rss_mb"] > 0
+
+
+def test_loader_benchmark_finds_the_whole_process_tree():
+    """The RSS watcher's walk of the tree's own /proc entries finds the processes a scan
+    of all of /proc does: a child and a grandchild (a worker's own subprocess)."""
+    import subprocess
+    import sys
+
+    from fastloader.bench import loader as bench
+
+    code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import time; time.sleep(30)'])"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(200):  # until the grandchild exists
+            grandchildren = bench._all_children().get(child.pid, [])
+            if grandchildren:
+                break
+            time.sleep(0.05)
+        assert grandchildren
+        found = bench._tree_pids(os.getpid())
+        assert {child.pid, *grandchildren} <= set(found) and os.getpid() in found
+        assert len(found) == len(set(found))
+        scanned, todo = set(), [os.getpid()]
+        everyone = bench._all_children()
+        while todo:
+            scanned.add(pid := todo.pop())
+            todo += everyone.get(pid, [])
+        assert scanned == set(found)
+        assert bench._tree_rss(os.getpid()) > 0
+    finally:
+        for pid in bench._all_children().get(child.pid, []):
+            os.kill(pid, 9)
+        child.kill()
+        child.wait()
 
 
 class _BlobDataset(tud.Dataset):
