@@ -645,14 +645,19 @@ class LazyPermutation {
     at::check_generator<at::CPUGeneratorImpl>(gen_);
   }
 
-  // The next up to k entries (fewer at the end; none once all are read).
-  torch::Tensor next(int64_t k) {
+  // The next up to k entries (fewer at the end; none once all are read), as a list of
+  // ints: what the sampler hands out (a tensor would be sliced and converted again).
+  py::list next(int64_t k) {
     const int64_t count = std::min(shuffle_.remaining(), std::max<int64_t>(k, 0));
-    torch::Tensor out = torch::empty({count}, torch::kInt64);
-    auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen_);
-    std::lock_guard<std::mutex> lock(gen_.mutex());
-    shuffle_.next(count, [impl] { return impl->random(); }, out.data_ptr<int64_t>());
-    return out;
+    std::vector<int64_t> out(static_cast<size_t>(count));
+    {
+      auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen_);
+      std::lock_guard<std::mutex> lock(gen_.mutex());
+      shuffle_.next(count, [impl] { return impl->random(); }, out.data());
+    }
+    py::list result(count);
+    for (int64_t i = 0; i < count; ++i) PyList_SET_ITEM(result.ptr(), i, PyLong_FromLongLong(out[size_t(i)]));
+    return result;
   }
 
   int64_t size() const { return shuffle_.size(); }

@@ -19,8 +19,9 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 from . import _C
 
 
-def _permutation_chunks(sampler: RandomSampler, step: int) -> Iterator[torch.Tensor]:
-    """RandomSampler.__iter__ (replacement=False), yielding tensors instead of ints."""
+def _permutation_chunks(sampler: RandomSampler, step: int) -> Iterator[torch.Tensor | list[int]]:
+    """RandomSampler.__iter__ (replacement=False), yielding chunks (tensors, or lists of a
+    lazy permutation's steps) instead of ints."""
     n = len(sampler.data_source)
     if sampler.generator is None:
         seed = int(torch.empty((), dtype=torch.int64).random_().item())
@@ -46,22 +47,27 @@ def _private_permutations(n: int, num_samples: int, generator: torch.Generator, 
             yield permutation.next(min(step, count - start))
 
 
-def _batches(chunks: Iterator[torch.Tensor], batch_size: int, drop_last: bool):
+def _same(x):
+    return x
+
+
+def _batches(chunks: Iterator[torch.Tensor | list[int]], batch_size: int, drop_last: bool):
     carry: list[int] = []
     for chunk in chunks:
+        as_list = _same if type(chunk) is list else torch.Tensor.tolist  # a list's slices are lists
         pos = 0
         if carry:
             pos = batch_size - len(carry)
-            carry += chunk[:pos].tolist()
+            carry += as_list(chunk[:pos])
             if len(carry) < batch_size:
                 continue
             yield carry
             carry = []
         end = len(chunk)
         while pos + batch_size <= end:
-            yield chunk[pos : pos + batch_size].tolist()
+            yield as_list(chunk[pos : pos + batch_size])
             pos += batch_size
-        carry = chunk[pos:].tolist()
+        carry = as_list(chunk[pos:])
     if carry and not drop_last:
         yield carry
 
