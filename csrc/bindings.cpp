@@ -650,13 +650,17 @@ class LazyPermutation {
   py::list next(int64_t k) {
     const int64_t count = std::min(shuffle_.remaining(), std::max<int64_t>(k, 0));
     std::vector<int64_t> out(static_cast<size_t>(count));
+    py::list result(count);  // made before the steps: no memory, no steps taken
     {
       auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen_);
       std::lock_guard<std::mutex> lock(gen_.mutex());
       shuffle_.next(count, [impl] { return impl->random(); }, out.data());
     }
-    py::list result(count);
-    for (int64_t i = 0; i < count; ++i) PyList_SET_ITEM(result.ptr(), i, PyLong_FromLongLong(out[size_t(i)]));
+    for (int64_t i = 0; i < count; ++i) {
+      PyObject* value = PyLong_FromLongLong(out[size_t(i)]);
+      if (!value) throw py::error_already_set();
+      PyList_SET_ITEM(result.ptr(), i, value);
+    }
     return result;
   }
 
