@@ -696,6 +696,32 @@ py::object tensor_of_numbers(py::handle batch, bool as_double) {
   return py::cast(result);
 }
 
+// list(zip(*batch)) for a list of plain tuples all of one length, as torch's collate
+// transposes them (after calling len() on each); None for anything else.
+py::object transpose_tuples(py::handle batch) {
+  PyObject* samples = batch.ptr();
+  if (!PyList_CheckExact(samples) || PyList_GET_SIZE(samples) == 0) return py::none();
+  const Py_ssize_t n = PyList_GET_SIZE(samples);
+  PyObject* first = PyList_GET_ITEM(samples, 0);
+  if (!PyTuple_CheckExact(first)) return py::none();
+  const Py_ssize_t width = PyTuple_GET_SIZE(first);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* sample = PyList_GET_ITEM(samples, i);
+    if (!PyTuple_CheckExact(sample) || PyTuple_GET_SIZE(sample) != width) return py::none();
+  }
+  py::list columns(width);
+  for (Py_ssize_t j = 0; j < width; ++j) {
+    py::tuple column(n);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* value = PyTuple_GET_ITEM(PyList_GET_ITEM(samples, i), j);
+      Py_INCREF(value);
+      PyTuple_SET_ITEM(column.ptr(), i, value);
+    }
+    PyList_SET_ITEM(columns.ptr(), j, column.release().ptr());
+  }
+  return std::move(columns);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -737,6 +763,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("write_row", &write_row, py::arg("out"), py::arg("row"), py::arg("item"), py::arg("as_buffer"),
         py::arg("fd") = -1, py::arg("offset") = 0);
   m.def("tensor_of_numbers", &tensor_of_numbers, py::arg("batch"), py::arg("as_double"));
+  m.def("transpose_tuples", &transpose_tuples, py::arg("batch"));
   m.def("build_samples", &build_samples, py::arg("data"), py::arg("keys"), py::arg("key_starts"),
         py::arg("key_ends"), py::arg("counts"), py::arg("ext"), py::arg("off"), py::arg("end"),
         py::arg("exts"), py::arg("url"));

@@ -20,6 +20,7 @@ into the batch tensor (`batch_tensor`) as their samples are fetched.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 
 import torch
 from torch.utils.data._utils import collate as torch_collate
@@ -88,6 +89,21 @@ def collate_int_fn(batch, *, collate_fn_map=None):
 def collate_float_fn(batch, *, collate_fn_map=None):
     made = _C.tensor_of_numbers(batch, True) if _fetching() and _compiled_ok() else None
     return made if made is not None else _torch_fns[float](batch, collate_fn_map=collate_fn_map)
+
+
+def collate_batch(batch: list):
+    """default_collate(batch), for the batches fastloader's fetch makes: a list of plain
+    tuples all of one length is transposed by one C++ call (torch calls len() on each
+    sample and zips in Python: ~25 us for 256) and each column goes to torch's `collate`,
+    as torch's does; anything else (or a registry entry that would see the tuples) goes
+    to `default_collate` itself."""
+    registry = torch_collate.default_collate_fn_map
+    first = batch[0] if batch else None
+    if type(first) is tuple and not any(isinstance(first, kind) for kind in registry) and not isinstance(first, Mapping):
+        columns = _C.transpose_tuples(batch)
+        if columns is not None:
+            return [torch_collate.collate(column, collate_fn_map=registry) for column in columns]
+    return torch_collate.default_collate(batch)
 
 
 def install() -> None:

@@ -282,7 +282,7 @@ class StreamingMapFetcher(_MapDatasetFetcher):
         if plan is None:
             data = [holder.pop()]
             data += [get(i) for i in indices]  # a list comprehension, as torch's
-            return self.collate_fn(data)
+            return _collate_hook.collate_batch(data)  # self.collate_fn: default_collate
         skeletons = []
         try:
             skeletons.append(_guarded(plan.take, holder, 0, 0))
@@ -302,7 +302,7 @@ class StreamingMapFetcher(_MapDatasetFetcher):
                 data.append(holder[0])
             holder.clear()
             data += [get(i) for i in indices]
-            return self.collate_fn(data)
+            return _collate_hook.collate_batch(data)  # self.collate_fn: default_collate
         return torch_collate.collate(skeletons, collate_fn_map={**torch_collate.default_collate_fn_map, _Rows: _filled})
 
 

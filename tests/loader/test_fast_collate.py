@@ -248,3 +248,60 @@ def test_torch_dataloader_keeps_torch_functions(monkeypatch):
     assert called == []
     list(fastloader.DataLoader(data, batch_size=4))
     assert called
+
+
+class _Pair(tuple):
+    pass
+
+
+_TUPLE_CASES = {
+    "pairs": lambda: [(rand(4, seed=i), i, float(i)) for i in range(9)],
+    "nested": lambda: [((rand(2, seed=i), i), [i, i + 1]) for i in range(5)],
+    "empty tuples": lambda: [() for _ in range(3)],
+    "one sample": lambda: [(rand(3), 7)],
+    "lengths differ": lambda: [(1, 2), (3,)],
+    "a list among tuples": lambda: [(1, 2), [3, 4]],
+    "tuple subclass": lambda: [_Pair((i, i)) for i in range(3)],
+    "subclass after a tuple": lambda: [(1, 2), _Pair((3, 4))],
+    "tensors then a string": lambda: [(rand(2), 1), ("a", 2)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(_TUPLE_CASES))
+def test_collate_batch_is_default_collate(case):
+    """The fetch's collate_batch (plain tuples transposed in C++) against torch's
+    default_collate: same result or same error."""
+    try:
+        theirs = default_collate(_TUPLE_CASES[case]())
+    except Exception as e:
+        with pytest.raises(type(e)) as mine:
+            _collate_in_fetch(_TUPLE_CASES[case]())
+        assert str(mine.value) == str(e)
+        return
+    assert_same(_collate_in_fetch(_TUPLE_CASES[case]()), theirs)
+
+
+def _collate_in_fetch(batch):
+    was = _collate_hook.mark_fetching(True)
+    try:
+        return _collate_hook.collate_batch(batch)
+    finally:
+        _collate_hook.mark_fetching(was)
+
+
+def test_collate_batch_lets_a_registry_entry_for_tuples_see_them(monkeypatch):
+    from torch.utils.data._utils import collate as torch_collate
+
+    seen = []
+    monkeypatch.setitem(torch_collate.default_collate_fn_map, tuple,
+                        lambda batch, *, collate_fn_map: seen.append(batch) or "mine")
+    batch = [(1, 2), (3, 4)]
+    assert _collate_in_fetch(batch) == "mine" and seen == [batch]
+
+
+def test_transpose_tuples_is_zip_for_plain_tuples_only():
+    batch = [(i, str(i), None) for i in range(300)]
+    assert _C.transpose_tuples(batch) == list(zip(*batch))
+    assert _C.transpose_tuples([(), ()]) == []
+    for odd in ([], [(1, 2), (3,)], [(1,), [2]], [_Pair((1,))], [(1,), _Pair((2,))], ((1,), (2,)), "ab"):
+        assert _C.transpose_tuples(odd) is None
