@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -643,6 +644,10 @@ class LazyPermutation {
  public:
   LazyPermutation(int64_t n, at::Generator gen) : gen_(std::move(gen)), shuffle_(n) {
     at::check_generator<at::CPUGeneratorImpl>(gen_);
+    TORCH_CHECK(n >= 0, "LazyPermutation: n must be non-negative, got ", n);
+    // torch.randperm switches to another algorithm (64-bit draws, inside out) from here.
+    TORCH_CHECK(n < int64_t(std::numeric_limits<uint32_t>::max() / 20), "LazyPermutation: n=", n,
+                " is past torch.randperm's 32-bit algorithm");
   }
 
   // The next up to k entries (fewer at the end; none once all are read), as a list of
@@ -650,10 +655,12 @@ class LazyPermutation {
   py::list next(int64_t k) {
     const int64_t count = std::min(shuffle_.remaining(), std::max<int64_t>(k, 0));
     std::vector<int64_t> out(static_cast<size_t>(count));
-    py::list result(count);  // made before the steps: no memory, no steps taken
+    py::list result(count);  // made before the steps (so is all the steps need)
     {
       auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen_);
       std::lock_guard<std::mutex> lock(gen_.mutex());
+      // count was taken before the list (whose allocation may run a finalizer, and other
+      // threads): LazyShuffle refuses more steps than remain.
       shuffle_.next(count, [impl] { return impl->random(); }, out.data());
     }
     for (int64_t i = 0; i < count; ++i) {

@@ -19,17 +19,23 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 from . import _C
 
 
+# From here on torch.randperm draws 64-bit numbers and shuffles inside out (no entry is
+# final before the last step): its permutation cannot be made a batch at a time.
+LAZY_MAX_N = (2**32 - 1) // 20
+
+
 def _permutation_chunks(sampler: RandomSampler, step: int) -> Iterator[torch.Tensor | list[int]]:
     """RandomSampler.__iter__ (replacement=False), yielding chunks (tensors, or lists of a
     lazy permutation's steps) instead of ints."""
     n = len(sampler.data_source)
-    if sampler.generator is None:
+    generator = sampler.generator
+    if generator is None:
         seed = int(torch.empty((), dtype=torch.int64).random_().item())
         generator = torch.Generator()
         generator.manual_seed(seed)
-        yield from _private_permutations(n, sampler.num_samples, generator, step)
-        return
-    generator = sampler.generator
+        if n < LAZY_MAX_N:
+            yield from _private_permutations(n, sampler.num_samples, generator, step)
+            return
     for _ in range(sampler.num_samples // n):
         yield torch.randperm(n, generator=generator)
     # torch draws this last permutation even when no element of it is used

@@ -1,6 +1,7 @@
 #include "lazy_shuffle.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 namespace fastloader {
 
@@ -21,20 +22,31 @@ int64_t LazyShuffle::get(int64_t position) const {
   return keys_[slot] == -1 ? position : values_[slot];
 }
 
-void LazyShuffle::put(int64_t position, int64_t value) {
-  if (2 * (used_ + 1) > keys_.size()) {  // keep the load at or under one half
-    std::vector<int64_t> keys(std::max<size_t>(1024, 2 * keys_.size()), -1), values(keys.size());
-    shift_ = 64;
-    for (size_t size = keys.size(); size > 1; size >>= 1) --shift_;
-    keys.swap(keys_);
-    values.swap(values_);
-    for (size_t s = 0; s < keys.size(); ++s)
-      if (keys[s] != -1) {
-        const size_t slot = slot_of(keys[s]);
-        keys_[slot] = keys[s];
-        values_[slot] = values[s];
-      }
-  }
+void LazyShuffle::reserve_for(int64_t count) {
+  if (count < 0 || count > remaining()) throw std::length_error("LazyShuffle: more steps than remain");
+  if (!dense_ && done_ + count > dense_after_) dense_.reset(new int64_t[size_t(n_)]);
+  // Each step before the switch adds at most one entry; keep the load at or under half.
+  const size_t entries = used_ + size_t(std::max<int64_t>(0, std::min(done_ + count, dense_after_) - done_));
+  size_t slots = std::max<size_t>(keys_.size(), 1024);
+  while (2 * entries > slots) slots *= 2;
+  if (entries > 0 && slots != keys_.size()) grow_map(slots);
+}
+
+void LazyShuffle::grow_map(size_t slots) {
+  std::vector<int64_t> keys(slots, -1), values(slots);
+  shift_ = 64;
+  for (size_t size = slots; size > 1; size >>= 1) --shift_;
+  keys.swap(keys_);
+  values.swap(values_);
+  for (size_t s = 0; s < keys.size(); ++s)
+    if (keys[s] != -1) {
+      const size_t slot = slot_of(keys[s]);
+      keys_[slot] = keys[s];
+      values_[slot] = values[s];
+    }
+}
+
+void LazyShuffle::put(int64_t position, int64_t value) {  // room was made by reserve_for
   const size_t slot = slot_of(position);
   if (keys_[slot] == -1) {
     keys_[slot] = position;
@@ -44,13 +56,13 @@ void LazyShuffle::put(int64_t position, int64_t value) {
 }
 
 void LazyShuffle::densify() {
-  dense_.reset(new int64_t[size_t(n_)]);  // entries before done_ are never read
-  for (int64_t p = done_; p < n_; ++p) dense_[p] = p;
+  for (int64_t p = done_; p < n_; ++p) dense_[p] = p;  // entries before done_ are never read
   for (size_t s = 0; s < keys_.size(); ++s)
     if (keys_[s] >= done_) dense_[keys_[s]] = values_[s];
   std::vector<int64_t>().swap(keys_);
   std::vector<int64_t>().swap(values_);
   used_ = 0;
+  dense_ready_ = true;
 }
 
 }  // namespace fastloader

@@ -13,20 +13,22 @@ namespace fastloader {
 
 class LazyShuffle {
  public:
-  explicit LazyShuffle(int64_t n);
+  explicit LazyShuffle(int64_t n);  // n >= 0
 
   int64_t size() const { return n_; }
   int64_t remaining() const { return n_ - done_; }
 
   // Writes the next count (<= remaining()) entries to out; draw() gives the generator's
-  // next 32-bit number, called once per step but the last.
+  // next 32-bit number, called once per step but the last. What the steps need is
+  // allocated before the first (an allocation failure throws with nothing drawn).
   template <class Draw>
   void next(int64_t count, Draw&& draw, int64_t* out) {
+    reserve_for(count);
     for (int64_t k = 0; k < count; ++k, ++done_) {
-      if (!dense_ && done_ >= dense_after_) densify();
+      if (!dense_ready_ && done_ >= dense_after_) densify();
       const int64_t i = done_;
       const int64_t j = i < n_ - 1 ? i + int64_t(draw()) % (n_ - i) : i;
-      if (dense_) {
+      if (dense_ready_) {
         out[k] = dense_[j];
         dense_[j] = dense_[i];
       } else {
@@ -40,10 +42,13 @@ class LazyShuffle {
   int64_t get(int64_t position) const;
   void put(int64_t position, int64_t value);
   size_t slot_of(int64_t position) const;
+  void reserve_for(int64_t count);  // throws std::length_error past remaining()
+  void grow_map(size_t slots);
   void densify();
 
   int64_t n_, done_ = 0, dense_after_;
-  std::unique_ptr<int64_t[]> dense_;
+  std::unique_ptr<int64_t[]> dense_;  // allocated by reserve_for, filled by densify
+  bool dense_ready_ = false;
   // Open addressing with linear probing; key -1 marks an empty slot.
   std::vector<int64_t> keys_, values_;
   size_t used_ = 0;

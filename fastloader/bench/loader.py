@@ -55,19 +55,21 @@ def _make(dataset: str):
     return (SmallTensors() if dataset == "tensors" else NumpyImages()), (256 if dataset == "tensors" else 64)
 
 
-def _children(pid: int) -> list[int] | None:
-    """pid's child processes (those of all its threads); None where the kernel does not say."""
+def _kernel_lists_children() -> bool:
+    return os.path.exists(f"/proc/self/task/{threading.get_native_id()}/children")
+
+
+def _children(pid: int) -> list[int]:
+    """pid's child processes (those of all its threads; none once it has ended)."""
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return []  # gone
+        return []
     kids = []
     for tid in tasks:
         try:
             with open(f"/proc/{pid}/task/{tid}/children") as f:
                 kids += [int(k) for k in f.read().split()]
-        except FileNotFoundError:
-            return None  # no CONFIG_PROC_CHILDREN
         except OSError:
             pass  # the thread ended
     return kids
@@ -92,15 +94,15 @@ def _tree_pids(root: int) -> list[int]:
     kernel lists children: the RSS watcher polls every few ms from a thread of the
     measured process, and a scan of all of /proc (Python, holding the GIL) slowed the
     loop it measured 2-3x."""
-    pids, todo, scanned = [], [root], None
+    everyone = None if _kernel_lists_children() else _all_children()  # (no CONFIG_PROC_CHILDREN)
+    pids, todo, seen = [], [root], set()
     while todo:
         pid = todo.pop()
-        kids = _children(pid)
-        if kids is None:
-            scanned = scanned if scanned is not None else _all_children()
-            kids = scanned.get(pid, [])
+        if pid in seen:  # listed by two threads of its parent, one ending mid-walk
+            continue
+        seen.add(pid)
         pids.append(pid)
-        todo += kids
+        todo += _children(pid) if everyone is None else everyone.get(pid, [])
     return pids
 
 

@@ -93,9 +93,9 @@ def test_loader_benchmark_measures_both(capsys):
         assert row[impl]["batches_per_s"] > 0 and row[impl]["ttfb_ms"] > 0 and row[impl]["peak_rss_mb"] > 0
 
 
-def test_loader_benchmark_finds_the_whole_process_tree():
-    """The RSS watcher's walk of the tree's own /proc entries finds the processes a scan
-    of all of /proc does: a child and a grandchild (a worker's own subprocess)."""
+def test_loader_benchmark_finds_the_whole_process_tree(monkeypatch):
+    """The RSS watcher's walk of the tree's own /proc entries finds what a scan of all of
+    /proc finds (its fallback): a child and a grandchild (a worker's own subprocess)."""
     import subprocess
     import sys
 
@@ -109,17 +109,13 @@ def test_loader_benchmark_finds_the_whole_process_tree():
             if grandchildren:
                 break
             time.sleep(0.05)
-        assert grandchildren
-        found = bench._tree_pids(os.getpid())
-        assert {child.pid, *grandchildren} <= set(found) and os.getpid() in found
-        assert len(found) == len(set(found))
-        scanned, todo = set(), [os.getpid()]
-        everyone = bench._all_children()
-        while todo:
-            scanned.add(pid := todo.pop())
-            todo += everyone.get(pid, [])
-        assert scanned == set(found)
-        assert bench._tree_rss(os.getpid()) > 0
+        assert len(grandchildren) == 1
+        assert bench._kernel_lists_children()
+        assert sorted(bench._tree_pids(child.pid)) == sorted([child.pid, *grandchildren])
+        assert {child.pid, *grandchildren} <= set(bench._tree_pids(os.getpid()))
+        monkeypatch.setattr(bench, "_kernel_lists_children", lambda: False)
+        assert sorted(bench._tree_pids(child.pid)) == sorted([child.pid, *grandchildren])
+        assert bench._tree_rss(child.pid) > 0
     finally:
         for pid in bench._all_children().get(child.pid, []):
             os.kill(pid, 9)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, RandomSampler
 
-from fastloader import _C
+from fastloader import _C, sampling
 from fastloader.sampling import batch_indices
 
 
@@ -29,6 +29,29 @@ def test_lazy_permutation_is_torch_randperm(n):
 def test_lazy_permutation_needs_a_cpu_generator():
     with pytest.raises(TypeError):
         _C.LazyPermutation(5, "not a generator")
+
+
+def test_lazy_permutation_refuses_what_randperm_makes_another_way():
+    # torch.randperm switches to 64-bit draws at this n; below it, its 32-bit steps
+    with pytest.raises(RuntimeError, match="32-bit"):
+        _C.LazyPermutation(sampling.LAZY_MAX_N, torch.Generator())
+    assert len(_C.LazyPermutation(sampling.LAZY_MAX_N - 1, torch.Generator()).next(3)) == 3
+    with pytest.raises(RuntimeError, match="non-negative"):
+        _C.LazyPermutation(-1, torch.Generator())
+
+
+def test_large_datasets_take_torch_s_randperm(monkeypatch):
+    """At or past LAZY_MAX_N the private generator's permutations come from torch.randperm
+    itself, whose algorithm changes there (checked here with a lowered limit)."""
+    monkeypatch.setattr(sampling, "LAZY_MAX_N", 100)
+    made = []
+    monkeypatch.setattr(sampling._C, "LazyPermutation", lambda *a: made.append(a))
+    data = range(100)
+    torch.manual_seed(3)
+    expected = list(BatchSampler(RandomSampler(data, num_samples=250), 32, False))
+    torch.manual_seed(3)
+    assert list(batch_indices(BatchSampler(RandomSampler(data, num_samples=250), 32, False))) == expected
+    assert made == []
 
 
 @pytest.mark.parametrize("num_samples", [None, 37, 250, 1000, 2500])
