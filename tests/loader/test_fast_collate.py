@@ -9,10 +9,10 @@ import fastloader
 from fastloader import _C, _collate_hook, _shm
 
 
-def ours(batch):
+def ours(batch, collate=default_collate):
     was = _collate_hook.mark_fetching(True)
     try:
-        return default_collate(batch)
+        return collate(batch)
     finally:
         _collate_hook.mark_fetching(was)
 
@@ -282,11 +282,7 @@ def test_collate_batch_is_default_collate(case):
 
 
 def _collate_in_fetch(batch):
-    was = _collate_hook.mark_fetching(True)
-    try:
-        return _collate_hook.collate_batch(batch)
-    finally:
-        _collate_hook.mark_fetching(was)
+    return ours(batch, _collate_hook.collate_batch)
 
 
 def test_collate_batch_lets_a_registry_entry_for_tuples_see_them(monkeypatch):
