@@ -91,17 +91,24 @@ def collate_float_fn(batch, *, collate_fn_map=None):
     return made if made is not None else _torch_fns[float](batch, collate_fn_map=collate_fn_map)
 
 
+def registry_leaves_alone(container_types: set) -> bool:
+    """No collate function of default_collate's registry would be handed these container
+    types (torch's `collate` looks each one up by type, then by isinstance)."""
+    registry = torch_collate.default_collate_fn_map
+    return not any(issubclass(t, key) for key in registry for t in container_types)
+
+
 def collate_batch(batch: list):
     """default_collate(batch), for the batches fastloader's fetch makes: a list of plain
     tuples all of one length is transposed by one C++ call (torch calls len() on each
     sample and zips in Python: ~25 us for 256) and each column goes to torch's `collate`,
     as torch's does; anything else (or a registry entry that would see the tuples) goes
     to `default_collate` itself."""
-    registry = torch_collate.default_collate_fn_map
     first = batch[0] if batch else None
-    if type(first) is tuple and not any(isinstance(first, kind) for kind in registry) and not isinstance(first, Mapping):
+    if type(first) is tuple and registry_leaves_alone({tuple}) and not isinstance(first, Mapping):
         columns = _C.transpose_tuples(batch)
         if columns is not None:
+            registry = torch_collate.default_collate_fn_map
             return [torch_collate.collate(column, collate_fn_map=registry) for column in columns]
     return torch_collate.default_collate(batch)
 

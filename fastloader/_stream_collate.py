@@ -231,19 +231,12 @@ def _streaming_on() -> bool:
     )
 
 
-def _registry_leaves_alone(container_types: set) -> bool:
-    """No collate function of the registry would be handed these containers (torch's
-    `collate` looks each one up by type, then by isinstance), which hold rows here."""
-    registry = torch_collate.default_collate_fn_map
-    return not any(issubclass(t, key) for key in registry for t in container_types)
-
-
 def _plan_or_none(sample, n: int):
     try:
         plan = _plan(sample, n)
     except Exception:  # an unusual array or tensor (a nested one, ...), or no memory for n rows
         return None
-    return plan if plan is not None and _registry_leaves_alone(plan.types()) else None
+    return plan if plan is not None and _collate_hook.registry_leaves_alone(plan.types()) else None
 
 
 _TAKEN = object()  # a sample already taken apart into its skeleton

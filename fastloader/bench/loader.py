@@ -12,6 +12,7 @@ inherits the other's memory or warm state. Prints medians and fastloader/torch r
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -55,7 +56,8 @@ def _make(dataset: str):
     return (SmallTensors() if dataset == "tensors" else NumpyImages()), (256 if dataset == "tensors" else 64)
 
 
-def _kernel_lists_children() -> bool:
+@functools.cache
+def _kernel_lists_children() -> bool:  # asked once, not at every poll
     return os.path.exists(f"/proc/self/task/{threading.get_native_id()}/children")
 
 
