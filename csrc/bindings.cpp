@@ -25,6 +25,7 @@
 #include "text/packing.h"
 #include "text/wordpiece.h"
 #include "jpeg/decode.h"
+#include "python/large_bytes.h"
 
 namespace fl = fastloader;
 namespace py = pybind11;
@@ -771,6 +772,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("fd") = -1, py::arg("offset") = 0);
   m.def("tensor_of_numbers", &tensor_of_numbers, py::arg("batch"), py::arg("as_double"));
   m.def("transpose_tuples", &transpose_tuples, py::arg("batch"));
+  m.def(
+      "wrap_large_bytes",
+      [](py::handle obj, int depth, Py_ssize_t min_size, py::handle wrapped) {
+        PyObject* made = fl::wrap_large_bytes(obj.ptr(), depth, min_size, wrapped.ptr());
+        if (!made) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(made);
+      },
+      py::arg("obj"), py::arg("depth"), py::arg("min_size"), py::arg("wrapped"));
   m.def("build_samples", &build_samples, py::arg("data"), py::arg("keys"), py::arg("key_starts"),
         py::arg("key_ends"), py::arg("counts"), py::arg("ext"), py::arg("off"), py::arg("end"),
         py::arg("exts"), py::arg("url"));

@@ -326,7 +326,11 @@ class WorkerArena:
         try:
             wrapped: dict[int, bytes] = {}
             if _holds_large_bytes(obj):
-                obj = _wrap_large_bytes([obj], 5, {}, wrapped)[0]
+                # Large bytes become PickleBuffers, which pickle hands out of band (sent
+                # apart from the payload, put back in place when unpickled): one pass, far
+                # cheaper than pickle's persistent_id hook, called for every object. The
+                # dataset's own containers are left as they are.
+                obj = _C.wrap_large_bytes(obj, 5, _BYTES_IN_ARENA, wrapped)
             out_of_band: list[bytes] = []
 
             def keep_out(buffer: pickle.PickleBuffer) -> bool:  # False: out of band
@@ -371,7 +375,7 @@ class WorkerArena:
 
 class _ArenaPickler(pickle.Pickler):
     """Tensors go by reference to the arena; wrapped large bytes out of band (see
-    `_wrap_large_bytes`). `reducer_override` is only consulted for objects pickle has no
+    `_C.wrap_large_bytes`). `reducer_override` is only consulted for objects pickle has no
     fast path for, so plain data (dicts, str, small bytes) costs nothing extra."""
 
     def __init__(self, file, arena: WorkerArena, buffer_callback=None):
@@ -405,35 +409,6 @@ def _holds_large_bytes(obj, depth: int = 4) -> bool:
     if kind is list or kind is tuple:
         return bool(obj) and _holds_large_bytes(obj[0], depth - 1)
     return False
-
-
-def _wrap_large_bytes(obj, depth: int, memo: dict, wrapped: dict[int, bytes]):
-    """obj with each large bytes in its dicts, lists and tuples (to depth) wrapped in a
-    PickleBuffer, which pickle hands out of band: sent apart from the payload, and put
-    back in place when unpickled. The containers are copies (the dataset may keep the
-    originals); shared ones, and shared bytes, stay shared. Bytes in other containers
-    (OrderedDict, dataclasses...) or deeper go in band, as pickle does. One pass here
-    costs far less than pickle's `persistent_id` hook, called for every object."""
-    done = memo.get(id(obj))
-    if done is not None:
-        return done
-    kind = type(obj)
-    values = []
-    for v in obj.values() if kind is dict else obj:  # leaves inline: a call costs more than the test
-        t = type(v)
-        if t is bytes:
-            if len(v) >= _BYTES_IN_ARENA:
-                buffer = memo.get(id(v))
-                if buffer is None:
-                    buffer = memo[id(v)] = pickle.PickleBuffer(v)
-                    wrapped[id(buffer)] = v
-                v = buffer
-        elif (t is dict or t is list or t is tuple) and depth > 1:
-            v = _wrap_large_bytes(v, depth - 1, memo, wrapped)
-        values.append(v)
-    new = dict(zip(obj.keys(), values)) if kind is dict else kind(values)
-    memo[id(obj)] = new
-    return new
 
 
 _unpacking = threading.local()  # the batch being unpickled in this thread: its leases

@@ -3,6 +3,7 @@ file, through the arena otherwise; the batch's structure kept; the heap kept war
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from collections import OrderedDict
@@ -103,6 +104,35 @@ def test_the_batch_structure_is_kept_and_the_workers_objects_are_left_alone():
     assert got[0][0]["bin"] is got[1][0] is got[2]["deep"][0]["bin"]  # one bytes, sent once
     assert used == [40_000]  # out of band, through the arena
     assert batch[0][0]["bin"] is big  # the dataset's own dicts are not rewritten
+
+
+def test_large_bytes_are_marked_for_pickle_in_plain_containers_four_levels_deep():
+    from collections import namedtuple
+
+    big, other, small = os.urandom(40_000), os.urandom(50_000), b"s" * 100
+    pair = namedtuple("pair", "a b")
+    shared = {"bin": big, "small": small}
+    deep3, deep4 = [[[other]]], [[[[other]]]]  # in the batch: 4 and 5 containers deep
+    odict, nt = OrderedDict(bin=big), pair(big, 1)
+    batch = [shared, shared, (big, small), deep3, deep4, odict, nt]
+    wrapped: dict = {}
+    got = _shm._C.wrap_large_bytes(batch, 5, _shm._BYTES_IN_ARENA, wrapped)
+
+    def data_of(x):
+        assert isinstance(x, pickle.PickleBuffer)
+        return wrapped[id(x)]
+
+    assert data_of(got[0]["bin"]) is big and got[0]["small"] is small
+    assert got[0] is got[1] and got[0] is not shared  # one copy of the shared dict, twice
+    assert got[2][0] is got[0]["bin"] and type(got[2]) is tuple  # one buffer per bytes object
+    assert data_of(got[3][0][0][0]) is other  # the fourth level is marked...
+    assert got[4][0][0][0] is deep4[0][0][0]  # ...deeper ones go in band, as they are
+    assert got[5] is odict and got[6] is nt  # other containers too
+    assert sorted(map(id, wrapped.values())) == sorted([id(big), id(other)])
+    assert batch == [shared, shared, (big, small), deep3, deep4, odict, nt] and shared["bin"] is big
+    assert _shm._C.wrap_large_bytes(big, 5, 1 << 20, {}) is big  # below min_size
+    with pytest.raises(TypeError):
+        _shm._C.wrap_large_bytes(batch, 5, 1, [])
 
 
 def test_noting_holds_a_few_batches_at_most():
