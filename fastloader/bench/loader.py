@@ -120,6 +120,19 @@ def _tree_rss(root: int) -> int:
     return total
 
 
+def _tree_cpu(root: int) -> float:
+    """CPU seconds used so far by root and all its descendants, reaped ones included
+    (each process's own time and its waited-for children's)."""
+    ticks = 0
+    for pid in _tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ticks += sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:15])
+        except OSError:
+            pass  # it ended
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _system_shmem() -> int:
     """Shared memory in use on the machine (/dev/shm files and memfds, mapped or not)."""
     with open("/proc/meminfo") as f:

@@ -8,9 +8,10 @@ batches of 64 samples handed to the main process as lists of sample dicts (torch
 DataLoader around `webdataset.WebDataset`, fastloader's around `fastloader.WebDataset`),
 and also iterated directly in one process (workers "0": the reader alone, one core).
 Timing starts once the first batch (or sample) is in hand, so worker start-up and index
-loading are left out. Reported: samples/s and MB/s of member data, and MB/s per worker
-core. Each
-measurement runs in a fresh process, alternating the two libraries; medians are shown.
+loading are left out. Reported: samples/s and MB/s of member data, MB/s per worker core,
+and the CPU the reading took: busy cores (CPU seconds of the main process and its workers
+per second of the run) and MB per CPU second. Each measurement runs in a fresh process,
+alternating the two libraries; medians are shown.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 
 from .._cache import cache_root
 from ._fresh import medians, run_fresh
+from .loader import _tree_cpu
 
 SETS = {"small": (100_000, 1_000), "large": (12_000, 100_000)}
 SHARDS_PER_SET = 12
@@ -86,13 +88,15 @@ def measure(impl: str, name: str, workers: int) -> dict:
         else:
             batches = iter(loader_cls(dataset, batch_size=BATCH, num_workers=workers, collate_fn=_as_list))
         first = next(batches)  # the clock starts with the first batch in hand
-        start = time.perf_counter()
+        cpu_start, start = _tree_cpu(os.getpid()), time.perf_counter()
         samples = nbytes = 0
         for batch in batches:
             samples += len(batch)
             nbytes += sum(_member_bytes(s) for s in batch)
         elapsed = time.perf_counter() - start
-    return {"samples_per_s": samples / elapsed, "mb_per_s": nbytes / elapsed / 1e6, "samples": samples + len(first)}
+        cpu = _tree_cpu(os.getpid()) - cpu_start
+    return {"samples_per_s": samples / elapsed, "mb_per_s": nbytes / elapsed / 1e6, "samples": samples + len(first),
+            "busy_cores": cpu / elapsed}
 
 
 def run(repeats: int = 3, sets=tuple(SETS), workers=(1, 2), in_process: bool = True) -> list[dict]:
@@ -102,7 +106,7 @@ def run(repeats: int = 3, sets=tuple(SETS), workers=(1, 2), in_process: bool = T
     print(f"torch {torch.__version__}, {os.cpu_count()} cores; shards in {shard_dir()}; "
           f"medians of {repeats} fresh-process runs each")
     header = (f"{'samples':7} {'workers':>7} | {'wds samples/s':>13} {'fl samples/s':>12} {'ratio':>7} | "
-              f"{'wds MB/s':>8} {'fl MB/s':>8} {'fl MB/s/core':>12}")
+              f"{'wds MB/s':>8} {'fl MB/s':>8} {'fl MB/s/core':>12} | {'fl busy cores':>13} {'fl MB/cpu-s':>11}")
     print(header)
     print("-" * len(header))
     rows = []
@@ -116,13 +120,17 @@ def run(repeats: int = 3, sets=tuple(SETS), workers=(1, 2), in_process: bool = T
         if w["samples"] != f["samples"]:
             raise AssertionError(f"the libraries read different sample counts: {w['samples']} vs {f['samples']}")
         row = {"set": name, "num_workers": nw, "webdataset": w, "fastloader": f,
-               "ratio": f["samples_per_s"] / w["samples_per_s"], "fl_mb_per_s_per_core": f["mb_per_s"] / max(nw, 1)}
+               "ratio": f["samples_per_s"] / w["samples_per_s"], "fl_mb_per_s_per_core": f["mb_per_s"] / max(nw, 1),
+               "fl_mb_per_cpu_s": medians([{"v": r["mb_per_s"] / r["busy_cores"]} for r in runs["fastloader"]])["v"]}
         rows.append(row)
         label = "0 (in)" if nw == 0 else str(nw)
         print(f"{name:7} {label:>7} | {w['samples_per_s']:>13.0f} {f['samples_per_s']:>12.0f} {row['ratio']:>6.1f}x | "
-              f"{w['mb_per_s']:>8.0f} {f['mb_per_s']:>8.0f} {row['fl_mb_per_s_per_core']:>12.0f}", flush=True)
+              f"{w['mb_per_s']:>8.0f} {f['mb_per_s']:>8.0f} {row['fl_mb_per_s_per_core']:>12.0f} | "
+              f"{f['busy_cores']:>13.2f} {row['fl_mb_per_cpu_s']:>11.0f}", flush=True)
     print("workers 0 (in): the dataset iterated in one process; 1, 2: DataLoader worker processes "
-          "(batches of 64 sample dicts to the main process); MB/s/core = MB/s / max(workers, 1)")
+          "(batches of 64 sample dicts to the main process); MB/s/core = MB/s / max(workers, 1); "
+          "busy cores: CPU seconds of the main process and its workers per second; "
+          "MB/cpu-s: MB read per CPU second of them all")
     return rows
 
 

@@ -123,6 +123,28 @@ def test_loader_benchmark_finds_the_whole_process_tree(monkeypatch):
         child.wait()
 
 
+def test_shard_benchmark_counts_the_cpu_of_the_whole_tree_ended_processes_included():
+    """_tree_cpu: a process's own CPU time, its live children's, and that of children it
+    has reaped (a DataLoader joins its workers when the epoch ends)."""
+    import subprocess
+    import sys
+
+    from fastloader.bench import loader as bench
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass"
+    code = (f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', {burn!r}]); "
+            "print('done', flush=True); time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "done"  # the grandchild has ended and been reaped
+        assert not bench._all_children().get(child.pid)
+        assert 0.38 <= bench._tree_cpu(child.pid) <= 0.4 + 1.0  # + two interpreters' start-up
+        assert bench._tree_cpu(os.getpid()) >= bench._tree_cpu(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
 class _BlobDataset(tud.Dataset):
     """Samples with large and small bytes (as shard readers yield) and a tensor."""
 
