@@ -71,7 +71,10 @@ class Wrapper {
       PyObject* v = value(PyTuple_GET_ITEM(pair, 1), depth);
       const int failed = !v || PyDict_SetItem(made, PyTuple_GET_ITEM(pair, 0), v) < 0;
       Py_XDECREF(v);
-      if (failed) Py_CLEAR(made);
+      if (failed) {
+        Py_CLEAR(made);
+        break;
+      }
     }
     Py_DECREF(items);
     return made;

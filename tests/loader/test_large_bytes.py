@@ -135,6 +135,24 @@ def test_large_bytes_are_marked_for_pickle_in_plain_containers_four_levels_deep(
         _shm._C.wrap_large_bytes(batch, 5, 1, [])
 
 
+def test_an_error_while_marking_large_bytes_is_raised_not_a_crash():
+    class HashesOnce:  # a dict key whose hash fails when the dict is copied
+        hashed = 0
+
+        def __hash__(self):
+            HashesOnce.hashed += 1
+            if HashesOnce.hashed > 1:
+                raise RuntimeError("no second hash")
+            return 1
+
+    big = os.urandom(40_000)
+    batch = [{HashesOnce(): big, "after": big, "more": [big]}]
+    with pytest.raises(RuntimeError, match="no second hash"):
+        _shm._C.wrap_large_bytes(batch, 5, _shm._BYTES_IN_ARENA, {})
+    with pytest.raises(RuntimeError, match="no second hash"):
+        _shm.WorkerArena(0).pack(batch)
+
+
 def test_noting_holds_a_few_batches_at_most():
     blobs = [os.urandom(100_000) for _ in range(120)]  # 12 MB
     for i, b in enumerate(blobs):
