@@ -27,9 +27,14 @@ class Wrapper {
     return it == memo_.end() ? nullptr : Py_NewRef(it->second);
   }
 
-  // Keeps a reference to made (the originals outlive the call: the batch holds them).
+  // Keeps a reference to made. A container holding itself is copied once per level it
+  // is met at, innermost first: the last (outermost) copy is the one remembered, as in
+  // the Python walk this replaced. (The originals are keyed by address: the batch holds
+  // them for the call, short of a key's __hash__ dropping part of it.)
   PyObject* remember(PyObject* original, PyObject* made) {
-    memo_.emplace(original, Py_NewRef(made));
+    auto [it, fresh] = memo_.try_emplace(original, nullptr);
+    if (!fresh) Py_DECREF(it->second);
+    it->second = Py_NewRef(made);
     return made;
   }
 
@@ -49,17 +54,21 @@ class Wrapper {
 
   PyObject* container(PyObject* obj, int depth) {
     if (PyObject* done = remembered(obj)) return done;
-    PyObject* made = nullptr;
-    if (PyDict_CheckExact(obj)) {
-      made = dict(obj, depth);
-    } else {
-      // A list can change size if a key's __hash__ runs code: read it as a tuple first.
-      PyObject* items = PyList_CheckExact(obj) ? PyList_AsTuple(obj) : Py_NewRef(obj);
-      if (!items) return nullptr;
-      made = sequence(items, depth, PyList_CheckExact(obj));
-      Py_DECREF(items);
-    }
+    if (Py_EnterRecursiveCall(" while marking large bytes")) return nullptr;  // a huge depth
+    PyObject* made = copy(obj, depth);
+    Py_LeaveRecursiveCall();
     return made ? remember(obj, made) : nullptr;
+  }
+
+  PyObject* copy(PyObject* obj, int depth) {
+    if (PyDict_CheckExact(obj)) return dict(obj, depth);
+    // A list can change size if a key's __hash__ runs code: read it as a tuple first.
+    const bool list = PyList_CheckExact(obj);
+    PyObject* items = list ? PyList_AsTuple(obj) : Py_NewRef(obj);
+    if (!items) return nullptr;
+    PyObject* made = sequence(items, depth, list);
+    Py_DECREF(items);
+    return made;
   }
 
   PyObject* dict(PyObject* obj, int depth) {

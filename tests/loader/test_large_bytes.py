@@ -153,6 +153,23 @@ def test_an_error_while_marking_large_bytes_is_raised_not_a_crash():
         _shm.WorkerArena(0).pack(batch)
 
 
+def test_a_batch_holding_itself_is_marked_as_the_python_walk_did_and_nothing_leaks():
+    big = os.urandom(40_000)
+    loop = [big]
+    loop.append(loop)
+    refs = sys.getrefcount(big)
+    for _ in range(50):
+        wrapped: dict = {}
+        got = _shm._C.wrap_large_bytes([loop, loop], 5, _shm._BYTES_IN_ARENA, wrapped)
+        # one copy per level the list is met at; the outermost stands for it everywhere
+        assert got[0] is got[1] and got[0][1] is not got[0] and got[0][1][1][1][1] is loop
+        assert list(wrapped.values()) == [big] and got[0][0] is got[0][1][0]
+        del got, wrapped
+    assert sys.getrefcount(big) == refs
+    with pytest.raises(RecursionError):  # not a crash, whatever the depth asked for
+        _shm._C.wrap_large_bytes(loop, 2**31 - 1, 1, {})
+
+
 def test_noting_holds_a_few_batches_at_most():
     blobs = [os.urandom(100_000) for _ in range(120)]  # 12 MB
     for i, b in enumerate(blobs):
