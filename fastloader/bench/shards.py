@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 import warnings
 
@@ -121,7 +122,7 @@ def run(repeats: int = 3, sets=tuple(SETS), workers=(1, 2), in_process: bool = T
             raise AssertionError(f"the libraries read different sample counts: {w['samples']} vs {f['samples']}")
         row = {"set": name, "num_workers": nw, "webdataset": w, "fastloader": f,
                "ratio": f["samples_per_s"] / w["samples_per_s"], "fl_mb_per_s_per_core": f["mb_per_s"] / max(nw, 1),
-               "fl_mb_per_cpu_s": medians([{"v": r["mb_per_s"] / r["busy_cores"]} for r in runs["fastloader"]])["v"]}
+               "fl_mb_per_cpu_s": statistics.median(r["mb_per_s"] / r["busy_cores"] for r in runs["fastloader"])}
         rows.append(row)
         label = "0 (in)" if nw == 0 else str(nw)
         print(f"{name:7} {label:>7} | {w['samples_per_s']:>13.0f} {f['samples_per_s']:>12.0f} {row['ratio']:>6.1f}x | "
