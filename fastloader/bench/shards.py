@@ -100,6 +100,11 @@ def measure(impl: str, name: str, workers: int) -> dict:
             "busy_cores": cpu / elapsed}
 
 
+def _per_cpu_second(result: dict) -> float:
+    """MB read per CPU second; nan for a run too short to show any CPU time (a clock tick)."""
+    return result["mb_per_s"] / result["busy_cores"] if result["busy_cores"] > 0 else float("nan")
+
+
 def run(repeats: int = 3, sets=tuple(SETS), workers=(1, 2), in_process: bool = True) -> list[dict]:
     configs = [(name, w) for name in sets for w in ((0,) if in_process else ()) + tuple(workers)]
     for name in sets:
@@ -122,7 +127,7 @@ def run(repeats: int = 3, sets=tuple(SETS), workers=(1, 2), in_process: bool = T
             raise AssertionError(f"the libraries read different sample counts: {w['samples']} vs {f['samples']}")
         row = {"set": name, "num_workers": nw, "webdataset": w, "fastloader": f,
                "ratio": f["samples_per_s"] / w["samples_per_s"], "fl_mb_per_s_per_core": f["mb_per_s"] / max(nw, 1),
-               "fl_mb_per_cpu_s": statistics.median(r["mb_per_s"] / r["busy_cores"] for r in runs["fastloader"])}
+               "fl_mb_per_cpu_s": statistics.median(_per_cpu_second(r) for r in runs["fastloader"])}
         rows.append(row)
         label = "0 (in)" if nw == 0 else str(nw)
         print(f"{name:7} {label:>7} | {w['samples_per_s']:>13.0f} {f['samples_per_s']:>12.0f} {row['ratio']:>6.1f}x | "
