@@ -737,6 +737,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::register_exception<fl::JpegError>(m, "JpegError", PyExc_ValueError);
   m.def("decode_jpeg", &decode_jpeg, py::arg("data"), py::arg("mode"), py::arg("scale"),
         py::arg("apply_orientation"), py::arg("max_pixels"), py::arg("max_scans"));
+  m.def("_use_own_entropy_decoder", &fl::use_own_entropy_decoder, py::arg("on"),
+        "Tests only: decode with fastloader's entropy decoder (default) or libjpeg-turbo's.");
   m.def("probe_images", &probe_images, py::arg("images"), py::arg("apply_orientation"),
         py::arg("max_pixels"), py::arg("max_scans"), py::arg("num_threads"));
   m.def("augment_batch", &augment_batch, py::arg("images"), py::arg("geometry"), py::arg("flips"),

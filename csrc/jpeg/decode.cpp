@@ -1,6 +1,9 @@
 #include "decode.h"
 
 #include <algorithm>
+#include <atomic>
+#include <climits>
+#include <utility>
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
@@ -9,6 +12,7 @@
 #include <jpeglib.h>
 
 #include "exif.h"
+#include "huffman.h"
 
 namespace fastloader {
 namespace {
@@ -97,10 +101,29 @@ void rgb_row_to_gray(const uint8_t* in, int n, uint8_t* out) {
     out[i] = static_cast<uint8_t>((in[0] * 9798 + in[1] * 19235 + in[2] * 3735 + 0x4000) >> 15);
 }
 
+std::atomic<bool> own_entropy_decoder{true};
+
+// The MCU columns [first, last] that libjpeg IDCTs for a crop_scanline'd decode
+// (jpeg_crop_scanline's own arithmetic).
+std::pair<int, int> decoded_mcu_cols(const jpeg_decompress_struct& cinfo, JDIMENSION xoff,
+                                     JDIMENSION width) {
+#if JPEG_LIB_VERSION >= 70
+  const int block = cinfo.min_DCT_h_scaled_size;
+#else
+  const int block = cinfo.min_DCT_scaled_size;
+#endif
+  const bool single = cinfo.comps_in_scan == 1 && cinfo.num_components == 1;
+  const int align = single ? block : block * cinfo.max_h_samp_factor;
+  return {int(xoff) / align, int((xoff + width + align - 1) / align) - 1};
+}
+
 }  // namespace
+
+void use_own_entropy_decoder(bool on) { own_entropy_decoder = on; }
 
 struct JpegDecoder::State {
   jpeg_decompress_struct cinfo{};
+  EntropyDecoder entropy;
   ErrorManager err{};
   ProgressManager progress{};
   JpegInfo info;
@@ -202,7 +225,12 @@ PixelView JpegDecoder::decode(ColorMode mode, int scale_num, Rect roi, const All
     jpeg_start_decompress(&cinfo);
     JDIMENSION xoff = static_cast<JDIMENSION>(want_x0);
     JDIMENSION width = static_cast<JDIMENSION>(want_x1 - want_x0);
-    if (xoff != 0 || width != cinfo.output_width) jpeg_crop_scanline(&cinfo, &xoff, &width);
+    const bool cropped = xoff != 0 || width != cinfo.output_width;
+    if (cropped) jpeg_crop_scanline(&cinfo, &xoff, &width);
+    if (own_entropy_decoder) {
+      const auto cols = cropped ? decoded_mcu_cols(cinfo, xoff, width) : std::pair{0, INT_MAX};
+      s.entropy.install(&cinfo, cols.first, cols.second);
+    }
     // Rows land straight in the caller's memory, whole decoded width; conversions to
     // fewer channels run in place at the start of each row.
     view.stride = size_t(width) * dec_c;

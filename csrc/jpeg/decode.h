@@ -70,6 +70,11 @@ class JpegDecoder {
   std::unique_ptr<State> state_;
 };
 
+// Whether decoders use fastloader's entropy decoder (jpeg/huffman.h, the default) for the
+// scans it handles, or libjpeg-turbo's throughout: both give the same coefficients, and
+// tests compare them.
+void use_own_entropy_decoder(bool on);
+
 // The decoder of the calling thread.
 JpegDecoder& thread_decoder();
 

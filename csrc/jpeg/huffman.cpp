@@ -1,0 +1,356 @@
+#include "huffman.h"
+
+#include <cstring>
+
+#include <jerror.h>
+
+namespace fastloader {
+namespace {
+
+constexpr int kLook = kHuffLookBits;
+// Zero bytes after the scan. Overruns are checked after each MCU, which reads at most
+// 10 blocks x 64 coefficients x 31 bits (~2.5 KB), plus the 8-byte loads.
+constexpr size_t kPadding = 4096;
+
+// Zigzag position -> natural (row-major) index, with libjpeg's 16 extra entries that
+// keep a corrupt run length inside the block.
+constexpr int kNatural[64 + 16] = {
+    0,  1,  8,  16, 9,  2,  3,  10, 17, 24, 32, 25, 18, 11, 4,  5,  12, 19, 26, 33,
+    40, 48, 41, 34, 27, 20, 13, 6,  7,  14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36,
+    29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54,
+    47, 55, 62, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63};
+
+// The magnitude bits v of an s-bit coefficient -> its value (JPEG's EXTEND).
+inline int extend(int v, int s) { return v < (1 << (s - 1)) ? v - (1 << s) + 1 : v; }
+
+inline uint64_t load_be64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return __builtin_bswap64(v);
+}
+
+// Bits of the stream, most significant first. After refill() at least 56 are valid;
+// one Huffman code (<= 16 bits) and its magnitude (<= 15) need 31.
+struct BitReader {
+  const uint8_t* next;
+  uint64_t bits;
+  int count;
+
+  void refill() {  // branch-free: the bits below `count` are already the stream's
+    bits |= load_be64(next) >> count;
+    next += (63 - count) >> 3;
+    count |= 56;
+  }
+  uint32_t peek(int n) const { return static_cast<uint32_t>(bits >> (64 - n)); }
+  void drop(int n) {
+    bits <<= n;
+    count -= n;
+  }
+  // Refilling only when needed keeps the refill off the chain from one code to the next.
+  void ensure_coefficient() {
+    if (count < 31) refill();
+  }
+  int take(int n) {  // 1 <= n <= 16
+    int v = static_cast<int>(bits >> (64 - n));
+    drop(n);
+    return v;
+  }
+};
+
+// A symbol whose code is longer than the lookup (rare). -1: no code matches.
+int slow_symbol(BitReader& r, const HuffTable& t) {
+  const uint32_t bits16 = r.peek(16);
+  for (int len = kLook + 1; len <= 16; ++len) {
+    const int32_t code = static_cast<int32_t>(bits16 >> (16 - len));
+    if (code <= t.maxcode[len]) {
+      r.drop(len);
+      return t.huffval[(code + t.valoffset[len]) & 0xFF];
+    }
+  }
+  return -1;
+}
+
+inline int symbol(BitReader& r, const HuffTable& t) {
+  const uint16_t e = t.lookup[r.peek(kLook)];
+  if (e) {
+    r.drop(e >> 8);
+    return e & 0xFF;
+  }
+  return slow_symbol(r, t);
+}
+
+}  // namespace
+
+bool HuffTable::build(const JHUFF_TBL& table, bool is_ac) {
+  if (built_ && std::memcmp(built_from_, table.bits, 17) == 0 &&
+      std::memcmp(built_from_ + 17, table.huffval, 256) == 0)
+    return true;
+  built_ = rebuild(table, is_ac);
+  std::memcpy(built_from_, table.bits, 17);
+  std::memcpy(built_from_ + 17, table.huffval, 256);
+  return built_;
+}
+
+bool HuffTable::rebuild(const JHUFF_TBL& table, bool is_ac) {
+  int length_of[256];
+  int n = 0;
+  for (int len = 1; len <= 16; ++len) {
+    if (n + table.bits[len] > 256) return false;
+    for (int i = 0; i < table.bits[len]; ++i) length_of[n++] = len;
+  }
+  std::memcpy(huffval, table.huffval, sizeof(huffval));
+  if (!is_ac)
+    for (int i = 0; i < n; ++i)
+      if (huffval[i] > 15) return false;
+
+  // Canonical codes (JPEG Annex C); libjpeg rejects a length whose codes overflow.
+  uint32_t code_of[256];
+  uint32_t code = 0;
+  int p = 0;
+  for (int len = 1; len <= 16; ++len) {
+    valoffset[len] = p - static_cast<int32_t>(code);
+    for (int i = 0; i < table.bits[len]; ++i) code_of[p++] = code++;
+    if (code >= (1u << len) && table.bits[len]) return false;
+    maxcode[len] = table.bits[len] ? static_cast<int32_t>(code) - 1 : -1;
+    code <<= 1;
+  }
+  maxcode[0] = maxcode[17] = -1;
+
+  std::memset(lookup, 0, sizeof(lookup));
+  for (int i = 0; i < n; ++i) {
+    const int len = length_of[i];
+    if (len > kLook) continue;
+    const uint32_t first = code_of[i] << (kLook - len);
+    for (uint32_t fill = 0; fill < (1u << (kLook - len)); ++fill)
+      lookup[first | fill] = static_cast<uint16_t>(len << 8 | huffval[i]);
+  }
+  if (!is_ac) return true;
+
+  for (uint32_t bits = 0; bits < (1u << kLook); ++bits) {
+    coef[bits] = 0;
+    skip[bits] = 0;
+    const uint16_t e = lookup[bits];
+    if (!e) continue;
+    const int len = e >> 8, run = (e >> 4) & 15, size = e & 15;
+    if (size == 0) {  // end of block, or a run of 16 zeros
+      skip[bits] = static_cast<uint16_t>((run == 15 ? 16 : 64) << 8 | len);
+    } else if (len + size <= kLook) {
+      const int magnitude = (bits >> (kLook - len - size)) & ((1 << size) - 1);
+      const auto value = static_cast<uint16_t>(static_cast<int16_t>(extend(magnitude, size)));
+      coef[bits] = uint32_t(value) << 16 | uint32_t(run) << 8 | uint32_t(len + size);
+      skip[bits] = static_cast<uint16_t>((run + 1) << 8 | (len + size));
+    }
+  }
+  return true;
+}
+
+bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col) {
+  if (cinfo->progressive_mode || cinfo->arith_code || cinfo->buffered_image ||
+      cinfo->comps_in_scan != cinfo->num_components || cinfo->Ss != 0 || cinfo->Se != 63 ||
+      cinfo->Ah != 0 || cinfo->Al != 0 || cinfo->src == nullptr ||
+      cinfo->blocks_in_MCU > D_MAX_BLOCKS_IN_MCU || cinfo->comps_in_scan > MAX_COMPS_IN_SCAN)
+    return false;
+  bool built_dc[NUM_HUFF_TBLS] = {}, built_ac[NUM_HUFF_TBLS] = {};
+  ac_needed_ = false;
+  for (int ci = 0; ci < cinfo->comps_in_scan; ++ci) {
+    const jpeg_component_info* comp = cinfo->cur_comp_info[ci];
+    const int dc = comp->dc_tbl_no, ac = comp->ac_tbl_no;
+    if (dc < 0 || dc >= NUM_HUFF_TBLS || ac < 0 || ac >= NUM_HUFF_TBLS) return false;
+    const JHUFF_TBL* dc_table = cinfo->dc_huff_tbl_ptrs[dc];
+    const JHUFF_TBL* ac_table = cinfo->ac_huff_tbl_ptrs[ac];
+    if (!dc_table || !ac_table) return false;
+    if (!built_dc[dc] && !dc_[dc].build(*dc_table, false)) return false;
+    if (!built_ac[ac] && !ac_[ac].build(*ac_table, true)) return false;
+    built_dc[dc] = built_ac[ac] = true;
+#if JPEG_LIB_VERSION >= 70
+    ac_needed_ |= comp->DCT_h_scaled_size > 1;
+#else
+    ac_needed_ |= comp->DCT_scaled_size > 1;
+#endif
+  }
+  blocks_in_mcu_ = cinfo->blocks_in_MCU;
+  for (int b = 0; b < blocks_in_mcu_; ++b) {
+    const int ci = cinfo->MCU_membership[b];
+    if (ci < 0 || ci >= cinfo->comps_in_scan) return false;
+    block_comp_[b] = ci;
+    block_dc_[b] = &dc_[cinfo->cur_comp_info[ci]->dc_tbl_no];
+    block_ac_[b] = &ac_[cinfo->cur_comp_info[ci]->ac_tbl_no];
+  }
+
+  split_scan(cinfo->src->next_input_byte, cinfo->src->bytes_in_buffer);
+  segment_ = 0;
+  next_ = clean_.data();
+  bits_ = 0;
+  bit_count_ = 0;
+  std::memset(last_dc_, 0, sizeof(last_dc_));
+  restarts_to_go_ = cinfo->restart_interval;
+  mcu_col_ = 0;
+  mcus_per_row_ = static_cast<int>(cinfo->MCUs_per_row);
+  first_col_ = first_col;
+  last_col_ = last_col;
+
+  hook_.start_pass = start_pass;
+  hook_.decode_mcu = decode_mcu;
+  hook_.insufficient_data = FALSE;
+  hook_.self = this;
+  cinfo->entropy = reinterpret_cast<jpeg_entropy_decoder*>(&hook_);
+  return true;
+}
+
+// Removes byte stuffing (FF 00 -> FF) and splits the scan at its restart markers, which
+// must come in order (RST0, RST1, ...); any other marker, or the end of data, ends it.
+bool EntropyDecoder::split_scan(const uint8_t* data, size_t size) {
+  clean_.resize(size + kPadding);
+  uint8_t* out = clean_.data();
+  segment_start_.assign(1, 0);
+  end_marker_ = 0;
+  size_t i = 0;
+  while (i < size) {
+    const auto* ff = static_cast<const uint8_t*>(std::memchr(data + i, 0xFF, size - i));
+    const size_t run = ff ? size_t(ff - (data + i)) : size - i;
+    std::memcpy(out, data + i, run);
+    out += run;
+    i += run;
+    if (!ff) break;
+    size_t j = i + 1;
+    while (j < size && data[j] == 0xFF) ++j;  // fill bytes
+    if (j >= size) break;
+    const int marker = data[j];
+    i = j + 1;
+    if (marker == 0) {
+      *out++ = 0xFF;
+    } else if (marker == JPEG_RST0 + int((segment_start_.size() - 1) & 7)) {
+      segment_start_.push_back(size_t(out - clean_.data()));
+    } else {
+      end_marker_ = marker;
+      break;
+    }
+  }
+  const size_t end = size_t(out - clean_.data());
+  segment_start_.push_back(end);
+  std::memset(out, 0, kPadding);
+  return true;
+}
+
+void EntropyDecoder::start_pass(j_decompress_ptr cinfo) {
+  // Only a new scan would call this, and install() takes single-scan images only.
+  ERREXIT1(cinfo, JERR_BAD_STATE, cinfo->global_state);
+}
+
+void EntropyDecoder::fail(j_decompress_ptr cinfo, int warning) {
+  // decode.cpp's handler turns these warnings into errors (a longjmp). Should a handler
+  // return, do as libjpeg does: the rest of the scan decodes as zeros.
+  if (warning == JWRN_MUST_RESYNC) {
+    WARNMS2(cinfo, JWRN_MUST_RESYNC, end_marker_, int(JPEG_RST0 + (segment_ & 7)));
+  } else {
+    WARNMS(cinfo, warning);
+  }
+  hook_.insufficient_data = TRUE;
+}
+
+void EntropyDecoder::restart(j_decompress_ptr cinfo) {
+  ++segment_;
+  if (segment_ + 1 >= segment_start_.size()) {  // the next marker is not the RST expected
+    segment_ = segment_start_.size() - 2;
+    fail(cinfo, JWRN_MUST_RESYNC);
+    return;
+  }
+  next_ = clean_.data() + segment_start_[segment_];
+  bits_ = 0;
+  bit_count_ = 0;
+  std::memset(last_dc_, 0, sizeof(last_dc_));
+  restarts_to_go_ = cinfo->restart_interval;
+}
+
+boolean EntropyDecoder::decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* blocks) {
+  EntropyDecoder& d = *reinterpret_cast<Hook*>(cinfo->entropy)->self;
+  if (cinfo->restart_interval) {
+    if (d.restarts_to_go_ == 0) d.restart(cinfo);
+    --d.restarts_to_go_;
+  }
+  // libjpeg IDCTs only the MCU columns of the crop; NULL blocks: rows being skipped.
+  const bool keep = blocks != nullptr && d.mcu_col_ >= d.first_col_ && d.mcu_col_ <= d.last_col_;
+  if (++d.mcu_col_ == d.mcus_per_row_) d.mcu_col_ = 0;
+  if (d.hook_.insufficient_data) return TRUE;
+
+  BitReader r{d.next_, d.bits_, d.bit_count_};
+  for (int b = 0; b < d.blocks_in_mcu_; ++b) {
+    r.ensure_coefficient();
+    int size = symbol(r, *d.block_dc_[b]);
+    if (size < 0) {
+      d.fail(cinfo, JWRN_HUFF_BAD_CODE);
+      return TRUE;
+    }
+    const int diff = size ? extend(r.take(size), size) : 0;
+    int& dc = d.last_dc_[d.block_comp_[b]];
+    // Unsigned, as libjpeg: corrupt data can push the sum past INT_MAX.
+    dc = static_cast<int>(static_cast<unsigned>(dc) + static_cast<unsigned>(diff));
+
+    const HuffTable& ac = *d.block_ac_[b];
+    if (keep && d.ac_needed_) {
+      JCOEF* block = blocks[b][0];
+      block[0] = static_cast<JCOEF>(dc);
+      for (int k = 1; k < 64; ++k) {
+        r.ensure_coefficient();
+        const uint32_t e = ac.coef[r.peek(kLook)];
+        if (e) {
+          r.drop(e & 0xFF);
+          k += (e >> 8) & 0xFF;
+          block[kNatural[k]] = static_cast<JCOEF>(static_cast<int16_t>(e >> 16));
+          continue;
+        }
+        const int rs = symbol(r, ac);
+        if (rs < 0) {
+          d.fail(cinfo, JWRN_HUFF_BAD_CODE);
+          return TRUE;
+        }
+        const int run = rs >> 4, s = rs & 15;
+        if (s) {
+          k += run;
+          block[kNatural[k]] = static_cast<JCOEF>(extend(r.take(s), s));
+        } else {
+          if (run != 15) break;
+          k += 15;
+        }
+      }
+    } else {
+      if (keep) blocks[b][0][0] = static_cast<JCOEF>(dc);
+      for (int k = 1; k < 64;) {  // only the position in the stream matters
+        r.ensure_coefficient();
+        const uint16_t e = ac.skip[r.peek(kLook)];
+        if (e) {
+          r.drop(e & 0xFF);
+          k += e >> 8;
+          continue;
+        }
+        const int rs = symbol(r, ac);
+        if (rs < 0) {
+          d.fail(cinfo, JWRN_HUFF_BAD_CODE);
+          return TRUE;
+        }
+        const int run = rs >> 4, s = rs & 15;
+        if (s) {
+          r.drop(s);
+          k += run + 1;
+        } else {
+          if (run != 15) break;
+          k += 16;
+        }
+      }
+    }
+  }
+  d.next_ = r.next;
+  d.bits_ = r.bits;
+  d.bit_count_ = r.count;
+
+  // Past the end of this restart interval's data: libjpeg's "premature end".
+  const uint8_t* start = d.clean_.data() + d.segment_start_[d.segment_];
+  const size_t available = (d.segment_start_[d.segment_ + 1] - d.segment_start_[d.segment_]) * 8;
+  if (size_t(r.next - start) * 8 - size_t(r.count) > available) {
+    const bool last = d.segment_ + 2 == d.segment_start_.size();
+    d.fail(cinfo, last && d.end_marker_ == 0 ? JWRN_JPEG_EOF : JWRN_HIT_MARKER);
+  }
+  return TRUE;
+}
+
+}  // namespace fastloader

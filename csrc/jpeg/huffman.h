@@ -1,0 +1,89 @@
+// fastloader's own Huffman (entropy) decoder for sequential single-scan JPEGs, plugged
+// into libjpeg in place of its own: libjpeg-turbo still does the IDCT, upsampling and
+// colour conversion. It is faster on the blocks a crop or DCT scaling does not use:
+// their AC coefficients are skipped with one table lookup per coefficient instead of
+// being decoded, while libjpeg decodes every coefficient of every block it passes.
+// Decoded coefficients are exactly libjpeg's, and so are the errors on corrupt data
+// (the same libjpeg warnings, which decode.cpp turns into errors).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+
+#include <jpeglib.h>
+
+namespace fastloader {
+
+constexpr int kHuffLookBits = 10;
+
+// One Huffman table, with lookups for the next kHuffLookBits bits of the stream.
+struct HuffTable {
+  uint16_t lookup[1 << kHuffLookBits];  // (code length << 8) | symbol; 0 = a longer code
+  // AC tables: a whole coefficient (code and magnitude bits) in one lookup, 0 = too long.
+  uint32_t coef[1 << kHuffLookBits];   // (uint16 value << 16) | (run << 8) | bits
+  uint16_t skip[1 << kHuffLookBits];   // (zigzag advance << 8) | bits; advance 64 ends the block
+  int32_t maxcode[18];                 // largest code of each length, -1 if none
+  int32_t valoffset[17];
+  uint8_t huffval[256];
+
+  // False when the table is not a valid prefix code. Cheap when the table is the one
+  // built last (images from one encoder share their tables).
+  bool build(const JHUFF_TBL& table, bool is_ac);
+
+ private:
+  bool rebuild(const JHUFF_TBL& table, bool is_ac);
+  uint8_t built_from_[17 + 256];  // the JHUFF_TBL's bits and huffval
+  bool built_ = false;
+};
+
+class EntropyDecoder {
+ public:
+  // Takes over entropy decoding of the scan libjpeg has just set up (call right after
+  // jpeg_start_decompress and jpeg_crop_scanline, reading from a memory source). Blocks
+  // of MCU columns outside [first_col, last_col], which libjpeg does not IDCT, keep only
+  // their DC prediction. Returns false, leaving libjpeg's decoder in place, for scans it
+  // does not handle (progressive, arithmetic, multi-scan).
+  bool install(j_decompress_ptr cinfo, int first_col, int last_col);
+
+ private:
+  // Laid out like libjpeg's struct jpeg_entropy_decoder (jpegint.h), whose place in
+  // cinfo->entropy it takes; `self` leads back here.
+  struct Hook {
+    void (*start_pass)(j_decompress_ptr);
+    boolean (*decode_mcu)(j_decompress_ptr, JBLOCKROW*);
+    boolean insufficient_data;
+    EntropyDecoder* self;
+  };
+
+  static void start_pass(j_decompress_ptr);
+  static boolean decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* blocks);
+
+  bool split_scan(const uint8_t* data, size_t size);
+  void restart(j_decompress_ptr cinfo);
+  void fail(j_decompress_ptr cinfo, int warning);
+
+  Hook hook_{};
+  HuffTable dc_[NUM_HUFF_TBLS], ac_[NUM_HUFF_TBLS];
+  const HuffTable* block_dc_[D_MAX_BLOCKS_IN_MCU];
+  const HuffTable* block_ac_[D_MAX_BLOCKS_IN_MCU];
+  int block_comp_[D_MAX_BLOCKS_IN_MCU];
+  int blocks_in_mcu_ = 0;
+  bool ac_needed_ = true;
+
+  // The scan's entropy-coded bytes with byte stuffing removed, one segment per restart
+  // interval, followed by zero padding that bounds reads past the end of corrupt data.
+  std::vector<uint8_t> clean_;
+  std::vector<size_t> segment_start_;  // segment i is clean_[start[i], start[i + 1])
+  int end_marker_ = 0;                 // the marker that ended the scan (0: end of data)
+
+  size_t segment_ = 0;
+  const uint8_t* next_ = nullptr;  // next byte to load into bits_
+  uint64_t bits_ = 0;              // unread bits, most significant first
+  int bit_count_ = 0;
+  int last_dc_[MAX_COMPS_IN_SCAN] = {};
+  unsigned restarts_to_go_ = 0;
+  int mcu_col_ = 0, mcus_per_row_ = 0, first_col_ = 0, last_col_ = 0;
+};
+
+}  // namespace fastloader
