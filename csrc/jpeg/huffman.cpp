@@ -1,5 +1,6 @@
 #include "huffman.h"
 
+#include <array>
 #include <cstring>
 
 #include <jerror.h>
@@ -12,13 +13,18 @@ constexpr int kLook = kHuffLookBits;
 // 10 blocks x 64 coefficients x 31 bits (~2.5 KB), plus the 8-byte loads.
 constexpr size_t kPadding = 4096;
 
-// Zigzag position -> natural (row-major) index, with libjpeg's 16 extra entries that
-// keep a corrupt run length inside the block.
-constexpr int kNatural[64 + 16] = {
-    0,  1,  8,  16, 9,  2,  3,  10, 17, 24, 32, 25, 18, 11, 4,  5,  12, 19, 26, 33,
-    40, 48, 41, 34, 27, 20, 13, 6,  7,  14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36,
-    29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54,
-    47, 55, 62, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63};
+// Zigzag position -> natural (row-major) index. The extra entries (libjpeg has 16) take
+// a corrupt run length, or the jump of 63 that ends a block, to position 63.
+constexpr int kEndOfBlockRun = 63;
+constexpr auto kNatural = [] {
+  constexpr int zigzag[64] = {
+      0,  1,  8,  16, 9,  2,  3,  10, 17, 24, 32, 25, 18, 11, 4,  5,  12, 19, 26, 33, 40, 48,
+      41, 34, 27, 20, 13, 6,  7,  14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23,
+      30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63};
+  std::array<int, 64 + kEndOfBlockRun + 1> natural{};
+  for (size_t k = 0; k < natural.size(); ++k) natural[k] = k < 64 ? zigzag[k] : 63;
+  return natural;
+}();
 
 // The magnitude bits v of an s-bit coefficient -> its value (JPEG's EXTEND).
 inline int extend(int v, int s) { return v < (1 << (s - 1)) ? v - (1 << s) + 1 : v; }
@@ -124,22 +130,39 @@ bool HuffTable::rebuild(const JHUFF_TBL& table, bool is_ac) {
     for (uint32_t fill = 0; fill < (1u << (kLook - len)); ++fill)
       lookup[first | fill] = static_cast<uint16_t>(len << 8 | huffval[i]);
   }
-  if (!is_ac) return true;
 
+  // Whole coefficients: code and magnitude bits together, where both fit the lookup.
+  // End of block is a zero written 63 places on (to position 63, which is still zero),
+  // a run of 16 zeros a zero written 15 on: the decoding loop needs no special case.
   for (uint32_t bits = 0; bits < (1u << kLook); ++bits) {
     coef[bits] = 0;
-    skip[bits] = 0;
     const uint16_t e = lookup[bits];
-    if (!e) continue;
+    int len = e >> 8, run = is_ac ? (e >> 4) & 15 : 0, size = is_ac ? e & 15 : e & 0xFF;
+    if (is_ac && size == 0 && run != 15) run = kEndOfBlockRun;
+    if (!e || len + size > kLook) continue;
+    const int magnitude = size ? (bits >> (kLook - len - size)) & ((1 << size) - 1) : 0;
+    const auto value = static_cast<uint16_t>(static_cast<int16_t>(size ? extend(magnitude, size) : 0));
+    coef[bits] = uint32_t(value) << 16 | uint32_t(run) << 8 | uint32_t(len + size);
+  }
+  if (!is_ac) return true;
+
+  // Skips: how far one symbol moves in the stream and in the block, and the same for
+  // it and the next when the lookup's bits hold both.
+  auto one = [&](uint32_t bits) -> uint32_t {
+    const uint16_t e = lookup[bits];
     const int len = e >> 8, run = (e >> 4) & 15, size = e & 15;
-    if (size == 0) {  // end of block, or a run of 16 zeros
-      skip[bits] = static_cast<uint16_t>((run == 15 ? 16 : 64) << 8 | len);
-    } else if (len + size <= kLook) {
-      const int magnitude = (bits >> (kLook - len - size)) & ((1 << size) - 1);
-      const auto value = static_cast<uint16_t>(static_cast<int16_t>(extend(magnitude, size)));
-      coef[bits] = uint32_t(value) << 16 | uint32_t(run) << 8 | uint32_t(len + size);
-      skip[bits] = static_cast<uint16_t>((run + 1) << 8 | (len + size));
-    }
+    if (!e || len + size > kLook) return 0;
+    const int advance = size ? run + 1 : (run == 15 ? 16 : 64);  // 64: end of block
+    return uint32_t(advance) << 8 | uint32_t(len + size);
+  };
+  for (uint32_t bits = 0; bits < (1u << kLook); ++bits) {
+    const uint32_t first = one(bits);
+    skip[bits] = first;
+    if (!first || (first >> 8) == 64) continue;
+    const int used = first & 0xFF;
+    const uint32_t second = one((bits << used) & ((1u << kLook) - 1));
+    if (second && int(second & 0xFF) <= kLook - used)  // decided by known bits only
+      skip[bits] |= (first + second) << 16;
   }
   return true;
 }
@@ -151,7 +174,6 @@ bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col
       cinfo->blocks_in_MCU > D_MAX_BLOCKS_IN_MCU || cinfo->comps_in_scan > MAX_COMPS_IN_SCAN)
     return false;
   bool built_dc[NUM_HUFF_TBLS] = {}, built_ac[NUM_HUFF_TBLS] = {};
-  ac_needed_ = false;
   for (int ci = 0; ci < cinfo->comps_in_scan; ++ci) {
     const jpeg_component_info* comp = cinfo->cur_comp_info[ci];
     const int dc = comp->dc_tbl_no, ac = comp->ac_tbl_no;
@@ -162,11 +184,6 @@ bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col
     if (!built_dc[dc] && !dc_[dc].build(*dc_table, false)) return false;
     if (!built_ac[ac] && !ac_[ac].build(*ac_table, true)) return false;
     built_dc[dc] = built_ac[ac] = true;
-#if JPEG_LIB_VERSION >= 70
-    ac_needed_ |= comp->DCT_h_scaled_size > 1;
-#else
-    ac_needed_ |= comp->DCT_scaled_size > 1;
-#endif
   }
   blocks_in_mcu_ = cinfo->blocks_in_MCU;
   for (int b = 0; b < blocks_in_mcu_; ++b) {
@@ -175,6 +192,12 @@ bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col
     block_comp_[b] = ci;
     block_dc_[b] = &dc_[cinfo->cur_comp_info[ci]->dc_tbl_no];
     block_ac_[b] = &ac_[cinfo->cur_comp_info[ci]->ac_tbl_no];
+    // (libjpeg may scale chroma's IDCT up in place of upsampling: judged per component)
+#if JPEG_LIB_VERSION >= 70
+    block_ac_needed_[b] = cinfo->cur_comp_info[ci]->DCT_h_scaled_size > 1;
+#else
+    block_ac_needed_[b] = cinfo->cur_comp_info[ci]->DCT_scaled_size > 1;
+#endif
   }
 
   split_scan(cinfo->src->next_input_byte, cinfo->src->bytes_in_buffer);
@@ -276,18 +299,25 @@ boolean EntropyDecoder::decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* blocks) {
   BitReader r{d.next_, d.bits_, d.bit_count_};
   for (int b = 0; b < d.blocks_in_mcu_; ++b) {
     r.ensure_coefficient();
-    int size = symbol(r, *d.block_dc_[b]);
-    if (size < 0) {
-      d.fail(cinfo, JWRN_HUFF_BAD_CODE);
-      return TRUE;
+    const HuffTable& dc_table = *d.block_dc_[b];
+    int diff;
+    if (const uint32_t e = dc_table.coef[r.peek(kLook)]) {
+      r.drop(e & 0xFF);
+      diff = static_cast<int16_t>(e >> 16);
+    } else {
+      const int size = symbol(r, dc_table);
+      if (size < 0) {
+        d.fail(cinfo, JWRN_HUFF_BAD_CODE);
+        return TRUE;
+      }
+      diff = size ? extend(r.take(size), size) : 0;
     }
-    const int diff = size ? extend(r.take(size), size) : 0;
     int& dc = d.last_dc_[d.block_comp_[b]];
     // Unsigned, as libjpeg: corrupt data can push the sum past INT_MAX.
     dc = static_cast<int>(static_cast<unsigned>(dc) + static_cast<unsigned>(diff));
 
     const HuffTable& ac = *d.block_ac_[b];
-    if (keep && d.ac_needed_) {
+    if (keep && d.block_ac_needed_[b]) {
       JCOEF* block = blocks[b][0];
       block[0] = static_cast<JCOEF>(dc);
       for (int k = 1; k < 64; ++k) {
@@ -317,10 +347,15 @@ boolean EntropyDecoder::decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* blocks) {
       if (keep) blocks[b][0][0] = static_cast<JCOEF>(dc);
       for (int k = 1; k < 64;) {  // only the position in the stream matters
         r.ensure_coefficient();
-        const uint16_t e = ac.skip[r.peek(kLook)];
+        const uint32_t e = ac.skip[r.peek(kLook)];
         if (e) {
-          r.drop(e & 0xFF);
-          k += e >> 8;
+          if ((e >> 16) && k + int((e >> 8) & 0xFF) < 64) {  // both, if still in this block
+            r.drop((e >> 16) & 0xFF);
+            k += e >> 24;
+          } else {
+            r.drop(e & 0xFF);
+            k += (e >> 8) & 0xFF;
+          }
           continue;
         }
         const int rs = symbol(r, ac);

@@ -20,9 +20,12 @@ constexpr int kHuffLookBits = 10;
 // One Huffman table, with lookups for the next kHuffLookBits bits of the stream.
 struct HuffTable {
   uint16_t lookup[1 << kHuffLookBits];  // (code length << 8) | symbol; 0 = a longer code
-  // AC tables: a whole coefficient (code and magnitude bits) in one lookup, 0 = too long.
-  uint32_t coef[1 << kHuffLookBits];   // (uint16 value << 16) | (run << 8) | bits
-  uint16_t skip[1 << kHuffLookBits];   // (zigzag advance << 8) | bits; advance 64 ends the block
+  // A whole coefficient (code and magnitude bits; a DC difference for DC tables) in one
+  // lookup: (uint16 value << 16) | (run << 8) | bits. 0: too long, or no coefficient.
+  uint32_t coef[1 << kHuffLookBits];
+  // AC tables: one symbol skipped, (zigzag advance << 8) | bits (advance 64 ends the
+  // block), in the low half; in the high half the same for it and the next together.
+  uint32_t skip[1 << kHuffLookBits];
   int32_t maxcode[18];                 // largest code of each length, -1 if none
   int32_t valoffset[17];
   uint8_t huffval[256];
@@ -68,8 +71,9 @@ class EntropyDecoder {
   const HuffTable* block_dc_[D_MAX_BLOCKS_IN_MCU];
   const HuffTable* block_ac_[D_MAX_BLOCKS_IN_MCU];
   int block_comp_[D_MAX_BLOCKS_IN_MCU];
+  // False for a component decoded at 1/8 scale: its IDCT reads the DC coefficient only.
+  bool block_ac_needed_[D_MAX_BLOCKS_IN_MCU];
   int blocks_in_mcu_ = 0;
-  bool ac_needed_ = true;
 
   // The scan's entropy-coded bytes with byte stuffing removed, one segment per restart
   // interval, followed by zero padding that bounds reads past the end of corrupt data.

@@ -6,7 +6,10 @@ batch, three ways in one run:
 (b) fastloader's fused ImagePipeline, one call per batch, num_threads = cores;
 (c) bare full-resolution libjpeg-turbo decode (the usual ceiling), one thread per core;
 (d) libjpeg-turbo decode at 1/8 scale: little more than entropy decoding, the part of a
-    decode no crop or scale can skip, so a floor for any libjpeg-turbo pipeline.
+    decode no crop or scale can skip, so a floor for any pipeline on libjpeg-turbo's
+    entropy decoder.
+(c) and (d) run libjpeg-turbo alone: fastloader's own entropy decoder (csrc/jpeg/huffman.h),
+which (b) and fastloader.decode_jpeg use, is switched off for them.
 
 (b) uses the accurate IDCT (the pipeline's default, as PIL); (b') the fast integer one.
 Prints images/s, images/s per core and the ratios to (a) and (c); medians of interleaved repeats.
@@ -108,11 +111,15 @@ def run_bare_decode(images: list[bytes], cores: int, eighths: int = 8) -> float:
             _C.decode_jpeg(d, 0, eighths, False, 1 << 40, 1 << 30)
 
     chunks = [images[i::cores] for i in range(cores)]
-    with ThreadPoolExecutor(cores) as pool:
-        list(pool.map(work, [c[:8] for c in chunks]))
-        t = time.perf_counter()
-        list(pool.map(work, chunks))
-        return len(images) / (time.perf_counter() - t)
+    _C._use_own_entropy_decoder(False)
+    try:
+        with ThreadPoolExecutor(cores) as pool:
+            list(pool.map(work, [c[:8] for c in chunks]))
+            t = time.perf_counter()
+            list(pool.map(work, chunks))
+            return len(images) / (time.perf_counter() - t)
+    finally:
+        _C._use_own_entropy_decoder(True)
 
 
 @dataclass
