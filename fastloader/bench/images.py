@@ -9,7 +9,7 @@ batch, three ways in one run:
     decode no crop or scale can skip, so a floor for any pipeline on libjpeg-turbo's
     entropy decoder.
 (c) and (d) run libjpeg-turbo alone: fastloader's own entropy decoder (csrc/jpeg/huffman.h),
-which (b) and fastloader.decode_jpeg use, is switched off for them.
+which (b) and fastloader.decode_jpeg use, is switched off for them; (c') is (c) with it.
 
 (b) uses the accurate IDCT (the pipeline's default, as PIL); (b') the fast integer one.
 Prints images/s, images/s per core and the ratios to (a) and (c); medians of interleaved repeats.
@@ -103,7 +103,7 @@ def run_fastloader(images: list[bytes], cores: int, batch_size: int = 128, fast_
 
 # ---- (c) bare full decode
 
-def run_bare_decode(images: list[bytes], cores: int, eighths: int = 8) -> float:
+def run_bare_decode(images: list[bytes], cores: int, eighths: int = 8, own_entropy: bool = False) -> float:
     from fastloader import _C
 
     def work(chunk: list[bytes]) -> None:
@@ -111,7 +111,7 @@ def run_bare_decode(images: list[bytes], cores: int, eighths: int = 8) -> float:
             _C.decode_jpeg(d, 0, eighths, False, 1 << 40, 1 << 30)
 
     chunks = [images[i::cores] for i in range(cores)]
-    _C._use_own_entropy_decoder(False)
+    _C._use_own_entropy_decoder(own_entropy)
     try:
         with ThreadPoolExecutor(cores) as pool:
             list(pool.map(work, [c[:8] for c in chunks]))
@@ -148,6 +148,7 @@ def run(n: int = 2000, cores_list: tuple[int, ...] = (1, 2), repeats: int = 3, p
         ("(b) fastloader ImagePipeline", run_fastloader),
         ("(b') same, fast IDCT", lambda imgs, cores: run_fastloader(imgs, cores, fast_idct=True)),
         ("(c) bare libjpeg-turbo decode", run_bare_decode),
+        ("(c') same, our entropy decoder", lambda imgs, cores: run_bare_decode(imgs, cores, own_entropy=True)),
         ("(d) 1/8-scale decode (floor)", lambda imgs, cores: run_bare_decode(imgs, cores, eighths=1)),
     )
     for cores in cores_list:
