@@ -146,23 +146,14 @@ bool HuffTable::rebuild(const JHUFF_TBL& table, bool is_ac) {
   }
   if (!is_ac) return true;
 
-  // Skips: how far one symbol moves in the stream and in the block, and the same for
-  // it and the next when the lookup's bits hold both.
-  auto one = [&](uint32_t bits) -> uint32_t {
+  // Skips: how far one symbol, code and magnitude, moves in the stream and in the block.
+  for (uint32_t bits = 0; bits < (1u << kLook); ++bits) {
+    skip[bits] = 0;
     const uint16_t e = lookup[bits];
     const int len = e >> 8, run = (e >> 4) & 15, size = e & 15;
-    if (!e || len + size > kLook) return 0;
+    if (!e || len + size > kLook) continue;
     const int advance = size ? run + 1 : (run == 15 ? 16 : 64);  // 64: end of block
-    return uint32_t(advance) << 8 | uint32_t(len + size);
-  };
-  for (uint32_t bits = 0; bits < (1u << kLook); ++bits) {
-    const uint32_t first = one(bits);
-    skip[bits] = first;
-    if (!first || (first >> 8) == 64) continue;
-    const int used = first & 0xFF;
-    const uint32_t second = one((bits << used) & ((1u << kLook) - 1));
-    if (second && int(second & 0xFF) <= kLook - used)  // decided by known bits only
-      skip[bits] |= (first + second) << 16;
+    skip[bits] = static_cast<uint16_t>(advance << 8 | (len + size));
   }
   return true;
 }
@@ -347,15 +338,12 @@ boolean EntropyDecoder::decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* blocks) {
       if (keep) blocks[b][0][0] = static_cast<JCOEF>(dc);
       for (int k = 1; k < 64;) {  // only the position in the stream matters
         r.ensure_coefficient();
-        const uint32_t e = ac.skip[r.peek(kLook)];
+        // (Two symbols per lookup, where the bits hold both, measured slower: the choice
+        // lengthens the chain from one lookup to the next.)
+        const uint16_t e = ac.skip[r.peek(kLook)];
         if (e) {
-          if ((e >> 16) && k + int((e >> 8) & 0xFF) < 64) {  // both, if still in this block
-            r.drop((e >> 16) & 0xFF);
-            k += e >> 24;
-          } else {
-            r.drop(e & 0xFF);
-            k += (e >> 8) & 0xFF;
-          }
+          r.drop(e & 0xFF);
+          k += e >> 8;
           continue;
         }
         const int rs = symbol(r, ac);

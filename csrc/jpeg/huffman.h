@@ -23,9 +23,8 @@ struct HuffTable {
   // A whole coefficient (code and magnitude bits; a DC difference for DC tables) in one
   // lookup: (uint16 value << 16) | (run << 8) | bits. 0: too long, or no coefficient.
   uint32_t coef[1 << kHuffLookBits];
-  // AC tables: one symbol skipped, (zigzag advance << 8) | bits (advance 64 ends the
-  // block), in the low half; in the high half the same for it and the next together.
-  uint32_t skip[1 << kHuffLookBits];
+  // AC tables: one symbol skipped, (zigzag advance << 8) | bits; advance 64 ends the block.
+  uint16_t skip[1 << kHuffLookBits];
   int32_t maxcode[18];                 // largest code of each length, -1 if none
   int32_t valoffset[17];
   uint8_t huffval[256];
