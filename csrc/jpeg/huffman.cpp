@@ -251,24 +251,25 @@ void EntropyDecoder::start_pass(j_decompress_ptr cinfo) {
   ERREXIT1(cinfo, JERR_BAD_STATE, cinfo->global_state);
 }
 
-void EntropyDecoder::fail(j_decompress_ptr cinfo, int warning) {
+void EntropyDecoder::fail(j_decompress_ptr cinfo, int warning, int param0, int param1) {
   // decode.cpp's handler turns these warnings into errors (a longjmp). Should a handler
-  // return, do as libjpeg does: the rest of the scan decodes as zeros.
-  if (warning == JWRN_MUST_RESYNC) {
-    WARNMS2(cinfo, JWRN_MUST_RESYNC, end_marker_, int(JPEG_RST0 + (segment_ & 7)));
-  } else {
-    WARNMS(cinfo, warning);
-  }
+  // return, the rest of the scan decodes as zeros (libjpeg would go on decoding garbage,
+  // and pick up again at the next restart marker).
+  cinfo->err->msg_parm.i[0] = param0;
+  cinfo->err->msg_parm.i[1] = param1;
+  WARNMS(cinfo, warning);
   hook_.insufficient_data = TRUE;
 }
 
 void EntropyDecoder::restart(j_decompress_ptr cinfo) {
-  ++segment_;
-  if (segment_ + 1 >= segment_start_.size()) {  // the next marker is not the RST expected
-    segment_ = segment_start_.size() - 2;
-    fail(cinfo, JWRN_MUST_RESYNC);
+  if (segment_ + 2 >= segment_start_.size()) {  // the scan ended before this restart marker
+    if (end_marker_ == 0)
+      fail(cinfo, JWRN_JPEG_EOF);
+    else
+      fail(cinfo, JWRN_MUST_RESYNC, end_marker_, int(segment_ & 7));
     return;
   }
+  ++segment_;
   next_ = clean_.data() + segment_start_[segment_];
   bits_ = 0;
   bit_count_ = 0;

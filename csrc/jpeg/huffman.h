@@ -63,7 +63,7 @@ class EntropyDecoder {
 
   bool split_scan(const uint8_t* data, size_t size);
   void restart(j_decompress_ptr cinfo);
-  void fail(j_decompress_ptr cinfo, int warning);
+  void fail(j_decompress_ptr cinfo, int warning, int param0 = 0, int param1 = 0);
 
   Hook hook_{};
   HuffTable dc_[NUM_HUFF_TBLS], ac_[NUM_HUFF_TBLS];

@@ -1,7 +1,9 @@
 """fastloader's Huffman decoder (csrc/jpeg/huffman.cpp) against libjpeg-turbo's own, which
 it replaces for sequential JPEGs: the same pixels for every image, scale, crop and
-mode, and the same verdict on corrupt data, except that ours reports every invalid
-Huffman code where libjpeg-turbo's fast path decodes it as a zero without a word."""
+mode, and the same verdict on corrupt data, with two exceptions: ours reports every
+invalid Huffman code, where libjpeg-turbo's fast path decodes it as a zero without a word,
+and ours decodes a file whose only flaw is a missing end-of-image marker, which libjpeg
+rejects because its bit reader reads past the last bits it needs."""
 import contextlib
 
 import numpy as np
@@ -128,10 +130,24 @@ def test_restart_marker_errors(photos):
         ours, ref = both(decode_jpeg, bad)
         assert isinstance(ref, DecodeError), name
         assert isinstance(ours, DecodeError), name
+    number = (data[at + 1] - 0xD0 + 3) % 8
+    expected = data[at + 1] - 0xD0
+    with pytest.raises(DecodeError, match=f"found marker 0x{0xD0 + number:02x} instead of RST{expected}"):
+        decode_jpeg(cases["wrong number"])
+    with pytest.raises(DecodeError, match="Premature end of JPEG file"):
+        decode_jpeg(data[: at + 2])  # ends right after a restart marker
     # extra bytes before a restart marker are libjpeg's warning, not an error
     padded = data[:at] + b"\x12\x34" + data[at:]
     ours, ref = both(decode_jpeg, padded)
     assert_same(ours, ref, "padded")
+
+
+def test_missing_end_of_image_marker_decodes(photos):
+    data = encode_jpeg(Image.fromarray(photos[sorted(photos)[2]]), quality=90)
+    assert data.endswith(b"\xff\xd9")
+    ours, ref = both(decode_jpeg, data[:-2])
+    assert torch.equal(ours, decode_jpeg(data))
+    assert isinstance(ref, DecodeError)  # libjpeg read ahead into the missing bytes
 
 
 def test_truncation_names_libjpeg_error(photos):
