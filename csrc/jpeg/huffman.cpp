@@ -159,6 +159,9 @@ bool HuffTable::rebuild(const JHUFF_TBL& table, bool is_ac) {
 }
 
 bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col) {
+#ifndef LIBJPEG_TURBO_VERSION_NUMBER
+  return false;  // the Hook layout and call pattern are libjpeg-turbo's (IJG's libjpeg 9 differs)
+#endif
   if (cinfo->progressive_mode || cinfo->arith_code || cinfo->buffered_image ||
       cinfo->comps_in_scan != cinfo->num_components || cinfo->Ss != 0 || cinfo->Se != 63 ||
       cinfo->Ah != 0 || cinfo->Al != 0 || cinfo->src == nullptr ||
