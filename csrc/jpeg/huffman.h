@@ -4,7 +4,9 @@
 // their AC coefficients are skipped with one table lookup per coefficient instead of
 // being decoded, while libjpeg decodes every coefficient of every block it passes.
 // Decoded coefficients are exactly libjpeg's, and so are the errors on corrupt data
-// (the same libjpeg warnings, which decode.cpp turns into errors).
+// (the same libjpeg warnings, which decode.cpp turns into errors), but for two cases:
+// it also reports the invalid codes libjpeg-turbo's fast path decodes as zeros, and it
+// accepts a scan that ends without an EOI marker once every bit it needs is there.
 #pragma once
 #include <cstddef>
 #include <cstdint>
