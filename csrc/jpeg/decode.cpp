@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
-#include <utility>
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 
 #include <jerror.h>
 #include <jpeglib.h>

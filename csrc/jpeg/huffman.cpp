@@ -85,6 +85,36 @@ inline int symbol(BitReader& r, const HuffTable& t) {
   return slow_symbol(r, t);
 }
 
+// The AC coefficients of one block, decoded into `block` (kStore) or only passed over,
+// the stream's position being all that matters for a block libjpeg will not IDCT. One
+// lookup per coefficient. (Two per lookup, where the bits hold both, measured slower:
+// the choice lengthens the chain from one lookup to the next.) False: an invalid code.
+template <bool kStore>
+inline bool ac_coefficients(BitReader& r, const HuffTable& ac, JCOEF* block) {
+  for (int k = 1; k < 64; ++k) {
+    r.ensure_coefficient();
+    const uint32_t e = ac.coef[r.peek(kLook)];
+    if (e) {
+      r.drop(e & 0xFF);
+      k += (e >> 8) & 0xFF;
+      if constexpr (kStore) block[kNatural[k]] = static_cast<JCOEF>(static_cast<int16_t>(e >> 16));
+      continue;
+    }
+    const int rs = symbol(r, ac);
+    if (rs < 0) return false;
+    const int run = rs >> 4, s = rs & 15;
+    if (s) {
+      k += run;
+      const int magnitude = r.take(s);
+      if constexpr (kStore) block[kNatural[k]] = static_cast<JCOEF>(extend(magnitude, s));
+    } else {
+      if (run != 15) break;
+      k += 15;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 bool HuffTable::build(const JHUFF_TBL& table, bool is_ac) {
@@ -144,17 +174,6 @@ bool HuffTable::rebuild(const JHUFF_TBL& table, bool is_ac) {
     const auto value = static_cast<uint16_t>(static_cast<int16_t>(size ? extend(magnitude, size) : 0));
     coef[bits] = uint32_t(value) << 16 | uint32_t(run) << 8 | uint32_t(len + size);
   }
-  if (!is_ac) return true;
-
-  // Skips: how far one symbol, code and magnitude, moves in the stream and in the block.
-  for (uint32_t bits = 0; bits < (1u << kLook); ++bits) {
-    skip[bits] = 0;
-    const uint16_t e = lookup[bits];
-    const int len = e >> 8, run = (e >> 4) & 15, size = e & 15;
-    if (!e || len + size > kLook) continue;
-    const int advance = size ? run + 1 : (run == 15 ? 16 : 64);  // 64: end of block
-    skip[bits] = static_cast<uint16_t>(advance << 8 | (len + size));
-  }
   return true;
 }
 
@@ -167,7 +186,6 @@ bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col
       cinfo->Ah != 0 || cinfo->Al != 0 || cinfo->src == nullptr ||
       cinfo->blocks_in_MCU > D_MAX_BLOCKS_IN_MCU || cinfo->comps_in_scan > MAX_COMPS_IN_SCAN)
     return false;
-  bool built_dc[NUM_HUFF_TBLS] = {}, built_ac[NUM_HUFF_TBLS] = {};
   for (int ci = 0; ci < cinfo->comps_in_scan; ++ci) {
     const jpeg_component_info* comp = cinfo->cur_comp_info[ci];
     const int dc = comp->dc_tbl_no, ac = comp->ac_tbl_no;
@@ -175,9 +193,7 @@ bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col
     const JHUFF_TBL* dc_table = cinfo->dc_huff_tbl_ptrs[dc];
     const JHUFF_TBL* ac_table = cinfo->ac_huff_tbl_ptrs[ac];
     if (!dc_table || !ac_table) return false;
-    if (!built_dc[dc] && !dc_[dc].build(*dc_table, false)) return false;
-    if (!built_ac[ac] && !ac_[ac].build(*ac_table, true)) return false;
-    built_dc[dc] = built_ac[ac] = true;
+    if (!dc_[dc].build(*dc_table, false) || !ac_[ac].build(*ac_table, true)) return false;
   }
   blocks_in_mcu_ = cinfo->blocks_in_MCU;
   for (int b = 0; b < blocks_in_mcu_; ++b) {
@@ -216,7 +232,7 @@ bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col
 
 // Removes byte stuffing (FF 00 -> FF) and splits the scan at its restart markers, which
 // must come in order (RST0, RST1, ...); any other marker, or the end of data, ends it.
-bool EntropyDecoder::split_scan(const uint8_t* data, size_t size) {
+void EntropyDecoder::split_scan(const uint8_t* data, size_t size) {
   clean_.resize(size + kPadding);
   uint8_t* out = clean_.data();
   segment_start_.assign(1, 0);
@@ -246,7 +262,6 @@ bool EntropyDecoder::split_scan(const uint8_t* data, size_t size) {
   const size_t end = size_t(out - clean_.data());
   segment_start_.push_back(end);
   std::memset(out, 0, kPadding);
-  return true;
 }
 
 void EntropyDecoder::start_pass(j_decompress_ptr cinfo) {
@@ -311,59 +326,13 @@ boolean EntropyDecoder::decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* blocks) {
     // Unsigned, as libjpeg: corrupt data can push the sum past INT_MAX.
     dc = static_cast<int>(static_cast<unsigned>(dc) + static_cast<unsigned>(diff));
 
-    const HuffTable& ac = *d.block_ac_[b];
-    if (keep && d.block_ac_needed_[b]) {
-      JCOEF* block = blocks[b][0];
-      block[0] = static_cast<JCOEF>(dc);
-      for (int k = 1; k < 64; ++k) {
-        r.ensure_coefficient();
-        const uint32_t e = ac.coef[r.peek(kLook)];
-        if (e) {
-          r.drop(e & 0xFF);
-          k += (e >> 8) & 0xFF;
-          block[kNatural[k]] = static_cast<JCOEF>(static_cast<int16_t>(e >> 16));
-          continue;
-        }
-        const int rs = symbol(r, ac);
-        if (rs < 0) {
-          d.fail(cinfo, JWRN_HUFF_BAD_CODE);
-          return TRUE;
-        }
-        const int run = rs >> 4, s = rs & 15;
-        if (s) {
-          k += run;
-          block[kNatural[k]] = static_cast<JCOEF>(extend(r.take(s), s));
-        } else {
-          if (run != 15) break;
-          k += 15;
-        }
-      }
-    } else {
-      if (keep) blocks[b][0][0] = static_cast<JCOEF>(dc);
-      for (int k = 1; k < 64;) {  // only the position in the stream matters
-        r.ensure_coefficient();
-        // (Two symbols per lookup, where the bits hold both, measured slower: the choice
-        // lengthens the chain from one lookup to the next.)
-        const uint16_t e = ac.skip[r.peek(kLook)];
-        if (e) {
-          r.drop(e & 0xFF);
-          k += e >> 8;
-          continue;
-        }
-        const int rs = symbol(r, ac);
-        if (rs < 0) {
-          d.fail(cinfo, JWRN_HUFF_BAD_CODE);
-          return TRUE;
-        }
-        const int run = rs >> 4, s = rs & 15;
-        if (s) {
-          r.drop(s);
-          k += run + 1;
-        } else {
-          if (run != 15) break;
-          k += 16;
-        }
-      }
+    if (keep) blocks[b][0][0] = static_cast<JCOEF>(dc);
+    const bool decoded = keep && d.block_ac_needed_[b]
+                             ? ac_coefficients<true>(r, *d.block_ac_[b], blocks[b][0])
+                             : ac_coefficients<false>(r, *d.block_ac_[b], nullptr);
+    if (!decoded) {
+      d.fail(cinfo, JWRN_HUFF_BAD_CODE);
+      return TRUE;
     }
   }
   d.next_ = r.next;

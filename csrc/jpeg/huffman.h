@@ -1,8 +1,8 @@
 // fastloader's own Huffman (entropy) decoder for sequential single-scan JPEGs, plugged
 // into libjpeg in place of its own: libjpeg-turbo still does the IDCT, upsampling and
 // colour conversion. It is faster on the blocks a crop or DCT scaling does not use:
-// their AC coefficients are skipped with one table lookup per coefficient instead of
-// being decoded, while libjpeg decodes every coefficient of every block it passes.
+// their AC coefficients are passed over, a table lookup each, with nothing stored,
+// while libjpeg decodes every coefficient of every block it passes.
 // Decoded coefficients are exactly libjpeg's, and so are the errors on corrupt data
 // (the same libjpeg warnings, which decode.cpp turns into errors), but for two cases:
 // it also reports the invalid codes libjpeg-turbo's fast path decodes as zeros, and it
@@ -23,10 +23,9 @@ constexpr int kHuffLookBits = 10;
 struct HuffTable {
   uint16_t lookup[1 << kHuffLookBits];  // (code length << 8) | symbol; 0 = a longer code
   // A whole coefficient (code and magnitude bits; a DC difference for DC tables) in one
-  // lookup: (uint16 value << 16) | (run << 8) | bits. 0: too long, or no coefficient.
+  // lookup: (uint16 value << 16) | (zeros before it << 8) | bits; 0: a longer code. An
+  // end of block reads as a zero after 63 zeros, which takes any block past its end.
   uint32_t coef[1 << kHuffLookBits];
-  // AC tables: one symbol skipped, (zigzag advance << 8) | bits; advance 64 ends the block.
-  uint16_t skip[1 << kHuffLookBits];
   int32_t maxcode[18];                 // largest code of each length, -1 if none
   int32_t valoffset[17];
   uint8_t huffval[256];
@@ -63,7 +62,7 @@ class EntropyDecoder {
   static void start_pass(j_decompress_ptr);
   static boolean decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* blocks);
 
-  bool split_scan(const uint8_t* data, size_t size);
+  void split_scan(const uint8_t* data, size_t size);
   void restart(j_decompress_ptr cinfo);
   void fail(j_decompress_ptr cinfo, int warning, int param0 = 0, int param1 = 0);
 

@@ -75,14 +75,16 @@ def test_cropped_region_decodes_match_libjpeg_decoder(sequential_cases, size):
     # random crops skip rows above and columns beside the crop; small outputs use DCT scaling
     datas = [d for _, d in sequential_cases]
     for ops in ([RandomResizedCrop(size)], [CenterCrop(size)]):
-        batches = []
-        for _ in range(2):
+
+        def batches():
             pipe = ImagePipeline(ops, num_threads=2, generator=torch.Generator().manual_seed(3))
-            batches.append([pipe(datas).clone() for _ in range(3)])
-            _C._use_own_entropy_decoder(False)
-        _C._use_own_entropy_decoder(True)
-        for ours, ref in zip(*batches):
-            assert torch.equal(ours, ref), ops
+            return [pipe(datas).clone() for _ in range(3)]
+
+        ours = batches()
+        with libjpeg_entropy_decoder():
+            ref = batches()
+        for a, b in zip(ours, ref):
+            assert torch.equal(a, b), ops
 
 
 def test_mutated_jpegs_get_the_same_verdict(photos):
