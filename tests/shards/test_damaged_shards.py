@@ -109,13 +109,29 @@ def test_non_tar_file_and_unreadable_url(shard_set, mode, request, tmp_path):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_an_unreadable_url_is_named(shard_set, mode, request, tmp_path):
+    samples, paths = shard_set
+    missing = str(tmp_path / "missing.tar") if mode == "indexed" else "memory://nowhere/missing.tar"
+    urls = _urls(paths, mode, request.node.name)
+    urls = urls[:1] + [missing] + urls[1:]
+    with pytest.raises(fastloader.ShardError, match="cannot (open|read shard)") as e:
+        _read(urls)
+    assert e.value.url == missing and "missing.tar" in str(e.value)
+    got, stats = _read(urls, on_error="skip")
+    assert keys(got) == keys(samples) and stats["failures"] == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_sample_missing_a_required_extension(tmp_path, mode, request):
     samples = make_samples(10)
     del samples[4]["cls"]
-    urls = _urls(write_with_webdataset(tmp_path, samples, per_shard=100), mode, request.node.name)
+    paths = write_with_webdataset(tmp_path, samples, per_shard=100)
+    urls = _urls(paths, mode, request.node.name)
     with pytest.raises(fastloader.ShardError, match="no cls member") as e:
         _read(urls, require=("bin", "cls"))
     assert e.value.key == "s000004" and e.value.url == urls[0]
+    with tarfile.open(paths[0]) as tf:  # the offset of the sample's first header
+        assert e.value.offset == next(m.offset for m in tf.getmembers() if m.name.startswith("s000004."))
     got, stats = _read(urls, require=("bin", "cls"), on_error="skip")
     assert keys(got) == [k for k in keys(samples) if k != "s000004"]
     assert stats["skipped_samples"] == 1

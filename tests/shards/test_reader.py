@@ -2,9 +2,11 @@
 index cache, and use with fastloader's and torch's DataLoader."""
 from __future__ import annotations
 
+import mmap
 import os
 
 import fsspec
+import numpy as np
 import pytest
 import torch
 
@@ -147,6 +149,13 @@ def test_views_hand_out_the_shard_bytes_without_copies(ref_shards, streamed):
     got = list(fastloader.WebDataset(urls, shard_shuffle=False, views=True))
     want = read_with_webdataset(paths)
     assert all(type(s["bin"]) is memoryview for s in got)
+    for s in got:  # views into the mapped file (or the stream's buffer), not copies
+        view = s["bin"]
+        owner = np.frombuffer(view.obj, np.uint8)
+        start = owner.__array_interface__["data"][0]
+        at = np.frombuffer(view, np.uint8).__array_interface__["data"][0] - start
+        assert type(view.obj) is (bytearray if streamed else mmap.mmap)
+        assert 0 <= at and at + len(view) <= len(owner) and bytes(owner[at:at + len(view)]) == bytes(view)
     assert [{k: bytes(v) for k, v in s.items() if not k.startswith("__")} for s in got] == \
         [{k: v for k, v in s.items() if not k.startswith("__")} for s in want]
 

@@ -99,6 +99,43 @@ def test_order_is_a_function_of_seed_and_epoch(shards, mode):
         assert sorted(gaps)[len(gaps) // 2] > 20
 
 
+@pytest.mark.parametrize("mode", ["indexed", "streamed"])
+def test_shard_shuffle_alone_moves_whole_shards(shards, mode):
+    all_keys, urls = shards
+    shard_of = {k: i // 20 for i, k in enumerate(all_keys)}  # 20 samples a shard
+
+    def order(seed, epoch, shard_shuffle=True):
+        ds = fastloader.WebDataset(urls[mode], seed=seed, shard_shuffle=shard_shuffle)
+        ds.set_epoch(epoch)
+        return [s["__key__"] for s in ds]
+
+    assert order(1, 0, shard_shuffle=False) == all_keys
+    a = order(1, 0)
+    runs = [shard_of[k] for i, k in enumerate(a) if i == 0 or shard_of[a[i - 1]] != shard_of[k]]
+    assert sorted(runs) == list(range(8)) and runs != list(range(8))  # each shard in one piece
+    for s in range(8):  # its samples in file order
+        assert [k for k in a if shard_of[k] == s] == [k for k in all_keys if shard_of[k] == s]
+    assert order(1, 0) == a and order(1, 1) != a and order(2, 0) != a
+
+
+def test_streamed_shuffle_buffer_alone(shards):
+    all_keys, urls = shards
+
+    def order(seed, buffer_size):
+        ds = fastloader.WebDataset(urls["streamed"], shuffle=True, shard_shuffle=False, seed=seed,
+                                   buffer_size=buffer_size)
+        return [s["__key__"] for s in ds]
+
+    a = order(1, 30)
+    assert sorted(a) == sorted(all_keys) and a != all_keys
+    assert order(1, 30) == a and order(2, 30) != a
+    # a sample leaves the buffer only once `buffer_size` later ones have come in behind it
+    pos = {k: i for i, k in enumerate(a)}
+    assert all(pos[k] >= i - 30 for i, k in enumerate(all_keys))
+    assert max(i - pos[k] for i, k in enumerate(all_keys)) > 20  # and the buffer is used
+    assert order(1, 1) == all_keys  # a buffer of one cannot reorder
+
+
 def _cut_and_resume(make_ds, workers, cut, batch_size=8):
     """Batches of a full run, and those of a run stopped after `cut` and restored."""
     full = list(_loader(make_ds(), workers, batch_size))
