@@ -13,7 +13,9 @@ def cuda_sources() -> list[str]:
 
     if os.environ.get("FASTLOADER_FORCE_CPU") == "1" or torch.version.cuda is None:
         return []
-    if cpp_extension.CUDA_HOME is None and shutil.which("nvcc") is None:
+    home = cpp_extension.CUDA_HOME
+    nvcc = os.path.join(home, "bin", "nvcc") if home else shutil.which("nvcc")
+    if not nvcc or not os.path.exists(nvcc):
         return []
     return sorted(glob.glob("csrc/cuda/*.cu"))
 

@@ -3,6 +3,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from _images import encode_jpeg
@@ -49,6 +50,25 @@ def test_header_over_max_pixels_is_rejected_before_allocating(good):
         decode_jpeg(hostile)
     with pytest.raises(DecodeError, match="max_pixels"):
         decode_jpeg(good, max_pixels=1000)
+
+
+def test_pipeline_rejects_a_header_over_max_pixels_by_index(good):
+    hostile = _with_dimensions(good, 60000, 60000)
+    with pytest.raises(DecodeError, match="max_pixels") as info:
+        ImagePipeline([CenterCrop(64)])([good, hostile], keys=["ok", "huge"])
+    assert info.value.index == 1 and info.value.key == "huge"
+    _, valid = ImagePipeline([CenterCrop(64)], max_pixels=1000, on_error="skip")([good, good])
+    assert valid.tolist() == [False, False]
+
+
+def test_pipeline_names_a_tensor_of_the_wrong_dtype_or_shape(good):
+    pipe = ImagePipeline([CenterCrop(64)])
+    encoded = torch.frombuffer(bytearray(good), dtype=torch.uint8)
+    assert pipe([encoded, encoded]).shape == (2, 3, 64, 64)
+    for bad in (encoded.float(), encoded.view(1, -1)):
+        with pytest.raises(DecodeError, match="1-D uint8") as info:
+            pipe([encoded, bad])
+        assert info.value.index == 1
 
 
 def test_pipeline_names_the_bad_sample(good):

@@ -80,6 +80,25 @@ def test_random_resized_crop_matches_pil_crop_and_resize(images):
         assert np.abs(out.astype(int) - ref).max() <= 1, case.name
 
 
+def test_random_resized_crop_uses_its_scale_and_ratio(images):
+    """scale=(1, 1) at the image's own aspect ratio can only pick the whole image; a fixed
+    scale and ratio fix each box's area and shape (torchvision's rounding)."""
+    for case in images[:8]:
+        h, w = pil_decode(case.data).shape[:2]
+        pipe = ImagePipeline([RandomResizedCrop(48, scale=(1.0, 1.0), ratio=(w / h, w / h))], layout="NHWC",
+                             dct_scaling=False)
+        out = pipe([case.data]).numpy()[0]
+        assert np.abs(out.astype(int) - pil_resized_crop(case.data, (0, 0, w, h), (48, 48))).max() <= 1, case.name
+    datas = [c.data for c in images]
+    pipe = ImagePipeline([RandomResizedCrop(48, scale=(0.25, 0.25), ratio=(1.0, 1.0))], layout="NHWC")
+    geometry, _ = planned(pipe, datas, seed=5)
+    for case, g in zip(images, geometry.tolist()):
+        h, w = pil_decode(case.data).shape[:2]
+        side = int(round((0.25 * w * h) ** 0.5))
+        if side <= min(w, h):  # else torchvision falls back to a center crop
+            assert (g[2] - g[0], g[3] - g[1]) == (side, side), case.name
+
+
 def test_dct_scaled_path_psnr_at_least_35db(images):
     """Small outputs make the pipeline decode at 1/2, 1/4 or 1/8 scale: against PIL's full
     decode + the same crop + bilinear resize, every image stays above 35 dB."""
@@ -89,13 +108,24 @@ def test_dct_scaled_path_psnr_at_least_35db(images):
         pipe = ImagePipeline([RandomResizedCrop(size, scale=(0.3, 1.0))], layout="NHWC")
         geometry, _ = planned(pipe, datas, seed)
         batch = pipe(datas).numpy()
-        for case, out, g in zip(images, batch, geometry.tolist()):
+        unscaled = _without_dct_scaling(pipe, datas, seed)
+        for case, out, plain, g in zip(images, batch, unscaled, geometry.tolist()):
             box = tuple(int(v) for v in g[:4])
             ref = pil_resized_crop(case.data, box, (size, size))
             assert psnr(out, ref) >= 35.0, (case.name, size, box, psnr(out, ref))
             h, w = pil_decode(case.data).shape[:2]
-            scales_seen.add(_dct_scale(w, h, g))
+            k = _dct_scale(w, h, g)
+            # the kernel took the scaled path exactly where the rule says (it filters differently)
+            assert (k < 8) == (not np.array_equal(out, plain)), (case.name, size, k)
+            scales_seen.add(k)
     assert {1, 2, 4} <= scales_seen, scales_seen
+
+
+def _without_dct_scaling(pipe: ImagePipeline, datas: list[bytes], seed: int) -> np.ndarray:
+    """The batch `pipe` makes with generator seed `seed`, decoded at full scale throughout."""
+    plain = ImagePipeline(pipe.transforms, layout=pipe.layout, dct_scaling=False)
+    plain.generator = torch.Generator().manual_seed(seed)
+    return plain(datas).numpy()
 
 
 def _dct_scale(w: int, h: int, g: list[float]) -> int:
@@ -373,8 +403,11 @@ def test_large_photo_uses_dct_scaling_and_keeps_quality(photos):
     pipe = ImagePipeline([RandomResizedCrop(224)], layout="NHWC", num_threads=2)
     geometry, _ = planned(pipe, [data] * 6, seed=9)
     batch = pipe([data] * 6).numpy()
+    unscaled = _without_dct_scaling(pipe, [data] * 6, seed=9)
     scales = set()
-    for out, g in zip(batch, geometry.tolist()):
+    for out, plain, g in zip(batch, unscaled, geometry.tolist()):
         assert psnr(out, pil_resized_crop(data, tuple(int(v) for v in g[:4]), (224, 224))) >= 35.0
-        scales.add(_dct_scale(3000, 2250, g))
+        k = _dct_scale(3000, 2250, g)
+        assert (k < 8) == (not np.array_equal(out, plain)), k
+        scales.add(k)
     assert scales & {1, 2, 4}
