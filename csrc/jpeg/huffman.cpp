@@ -98,8 +98,8 @@ inline bool ac_coefficients(BitReader& r, const HuffTable& ac, JCOEF* block) {
   for (;;) {
     // An unconditional refill every kCoefsPerRefill lookups: a whole-coefficient lookup
     // takes at most kLook bits, so they all fit in the 56 a refill leaves. Testing the
-    // bit count before each lookup instead mispredicts on about a third of the refills,
-    // and cost 15% more time per coefficient (harness, 1,000 benchmark JPEGs).
+    // bit count before each lookup instead is a branch no predictor learns (cachegrind's
+    // model: wrong on 1 test in 5), and decoding took 10-16% longer (1,000 benchmark JPEGs).
     r.refill();
 #pragma GCC unroll 4
     for (int i = 0; i < kCoefsPerRefill; ++i) {
