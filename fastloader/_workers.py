@@ -49,10 +49,14 @@ _LIVE_POOLS: weakref.WeakSet = weakref.WeakSet()
 
 def _send(sock: socket.socket, msg, fds=()) -> None:
     body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-    data = memoryview(_HEADER.pack(len(body), len(fds)) + body)
-    sent = socket.send_fds(sock, [data], list(fds)) if fds else sock.send(data)
-    if sent < len(data):
-        sock.sendall(data[sent:])
+    head = _HEADER.pack(len(body), len(fds))
+    # header and body gathered by the one call, not copied together first
+    sent = socket.send_fds(sock, [head, body], list(fds)) if fds else sock.sendmsg([head, body])
+    if sent < len(head):
+        sock.sendall(head[sent:])
+        sent = len(head)
+    if sent < len(head) + len(body):
+        sock.sendall(memoryview(body)[sent - len(head):])
 
 
 def _recv_exact(sock: socket.socket, n: int, into: bytearray) -> bool:
