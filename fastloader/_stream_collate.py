@@ -30,6 +30,7 @@ from torch.utils.data._utils.fetch import _MapDatasetFetcher
 from torch.utils.data.dataloader import _DatasetKind
 
 from . import _C, _collate_hook
+from ._iterable_fetch import IterableFetcher
 from ._storage import storage_users
 
 # Rows smaller than this gain nothing over one stack at the end (they stay in cache anyway).
@@ -39,9 +40,12 @@ _MAX_DEPTH = 4
 
 def create_fetcher(kind, dataset, auto_collation, collate_fn, drop_last):
     """torch's fetcher, or for a map-style dataset batched by `default_collate` one that
-    collates as it fetches."""
+    collates as it fetches, or for an iterable one that can take whole batches one that
+    does (`_iterable_fetch`)."""
     if kind == _DatasetKind.Map and auto_collation and collate_fn is torch_collate.default_collate:
         return StreamingMapFetcher(dataset, auto_collation, collate_fn, drop_last)
+    if kind == _DatasetKind.Iterable:
+        return IterableFetcher(dataset, auto_collation, collate_fn, drop_last)
     return _DatasetKind.create_fetcher(kind, dataset, auto_collation, collate_fn, drop_last)
 
 

@@ -218,25 +218,8 @@ class WebDataset(IterableDataset):
     # -- iteration ------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
         restore, self._restore = self._restore, None
-        plan = self._plan(self._topology(), restore)
-        p = self._pass = _Pass(plan)
-        source = self._indexed_positions(p) if self.indexed else self._streamed(p)
-        skip = plan.skip
-        quota = plan.quota
-        taken = 0
-        for sample in source:
-            if taken < skip:  # a resumed stream replays what was delivered before the stop
-                taken += 1
-                continue
-            if quota is not None and taken >= quota:
-                break
-            taken += 1
-            p.consumed = taken
-            if sample is None:  # a bad sample, counted when it was met
-                continue
-            p.stats["samples"] += 1
-            yield sample
-        p.consumed = taken
+        p = self._pass = _Pass(self._plan(self._topology(), restore))
+        return _Samples(self, p)
 
     def _plan(self, topology, restore: dict | None) -> _Plan:
         rank, world, worker, workers = topology
@@ -278,18 +261,18 @@ class WebDataset(IterableDataset):
             raise ShardError(f"more than max_failures={self.max_failures} failures; the last: {error}",
                              url=error.url, offset=error.offset, key=error.key)
 
-    def _built(self, maker: _members.SampleMaker, idx: np.ndarray) -> list[tuple[dict | ShardError, int]]:
-        """Samples idx of one shard built together, each with its member bytes; a
+    def _built(self, maker: _members.SampleMaker, idx: np.ndarray) -> tuple[list, list[int]]:
+        """Samples idx of one shard built together, and the member bytes of each; a
         ShardError in place of a sample lacking a required member."""
         samples, nbytes = maker.make_many(idx)
-        out: list = list(zip(samples, nbytes))
         if self.require:
             for j, (i, sample) in enumerate(zip(idx.tolist(), samples)):
                 missing = [e for e in self.require if e not in sample]
                 if missing:
-                    out[j] = (ShardError(f"sample has no {', '.join(missing)} member", url=maker.url,
-                                         offset=int(maker.samples.header[i]), key=sample["__key__"]), 0)
-        return out
+                    samples[j] = ShardError(f"sample has no {', '.join(missing)} member", url=maker.url,
+                                            offset=int(maker.samples.header[i]), key=sample["__key__"])
+                    nbytes[j] = 0
+        return samples, nbytes
 
     def _emit(self, p: _Pass, item: dict | ShardError, nbytes: int) -> dict | None:
         """The sample to yield (None for a bad one, counted or raised as it comes up)."""
@@ -349,7 +332,9 @@ class WebDataset(IterableDataset):
         parts = [np.arange(starts[s], starts[s + 1]) for s in shards]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def _indexed_positions(self, p: _Pass) -> Iterator[dict | None]:
+    def _indexed_chunks(self, p: _Pass) -> Iterator[tuple[list, list[int]]]:
+        """This partition's samples past plan.skip, a chunk at a time: (samples, member
+        bytes of each), a ShardError in place of a bad sample."""
         plan = p.plan
         counts = self._load_indexes(p)
         order = partition.remaining(self._epoch_order(counts, plan.epoch), plan.layers)
@@ -357,9 +342,7 @@ class WebDataset(IterableDataset):
         if plan.quota is not None:
             mine = partition.fit(mine, plan.quota)
         starts = np.concatenate([[0], np.cumsum(counts)])
-        for _ in range(plan.skip):
-            yield None  # placeholders the caller counts as already delivered: no reading
-        mine = mine[plan.skip:]
+        mine = mine[plan.skip:]  # delivered before the stop: not read again
         shard_of = np.searchsorted(starts, mine, side="right") - 1
         local = mine - starts[shard_of]
         opened: set[int] = set()
@@ -367,16 +350,19 @@ class WebDataset(IterableDataset):
         for c in range(0, len(mine), chunk):  # samples are built a chunk at a time, in order
             shards, idx = shard_of[c:c + chunk], local[c:c + chunk]
             groups = [int(shards[0])] if (shards == shards[0]).all() else np.unique(shards).tolist()
-            out: list = [None] * len(idx)
+            if len(groups) == 1:
+                items, nbytes = self._built(self._maker(groups[0]), idx)
+            else:
+                items, nbytes = [None] * len(idx), [0] * len(idx)
+                for s in groups:
+                    sel = np.flatnonzero(shards == s)
+                    for j, item, n in zip(sel.tolist(), *self._built(self._maker(s), idx[sel])):
+                        items[j], nbytes[j] = item, n
             for s in groups:
-                sel = np.flatnonzero(shards == s) if len(groups) > 1 else np.arange(len(idx))
-                for j, built in zip(sel.tolist(), self._built(self._maker(s), idx[sel])):
-                    out[j] = built
                 if s not in opened:
                     opened.add(s)
                     p.stats["shards"] = len(opened)
-            for item, nbytes in out:
-                yield self._emit(p, item, nbytes)
+            yield items, nbytes
 
     # -- streamed shards --------------------------------------------------------------------
     def _shard_sequence(self, plan: _Plan) -> Iterator[int]:
@@ -417,7 +403,7 @@ class WebDataset(IterableDataset):
             chunk = _chunk_len([index.samples])
             for c in range(0, len(heads), chunk):
                 idx = np.arange(c, min(c + chunk, len(heads)))
-                for i, (item, nbytes) in zip(idx.tolist(), self._built(maker, idx)):
+                for i, item, nbytes in zip(idx.tolist(), *self._built(maker, idx)):
                     while e < len(events) and events[e][0] < heads[i]:  # damage before this sample
                         self._fail(p, events[e][1], samples=events[e][2])
                         e += 1
@@ -437,8 +423,8 @@ class WebDataset(IterableDataset):
                                samples=event.lost_samples)
                     continue
                 item, data = event
-                for sample, nbytes in self._built(_members.SampleMaker(item, data, url, self.views),
-                                                  np.arange(len(item))):
+                for sample, nbytes in zip(*self._built(_members.SampleMaker(item, data, url, self.views),
+                                                       np.arange(len(item)))):
                     yield self._emit(p, sample, nbytes)
         except (OSError, EOFError, zlib.error) as err:  # gzip reports damage as these
             self._fail(p, ShardError(f"read failed: {err}", url=url))
@@ -553,6 +539,121 @@ class WebDataset(IterableDataset):
         if p is not None and p.last_error:
             out["last_error"] = p.last_error
         return out
+
+
+class _Samples:
+    """The samples of one pass: iterated one at a time, or `take(n)` for a batch at once
+    (fastloader's DataLoader asks for batches so), which from indexed shards hands out
+    slices of the chunks built in C++, with no Python step per sample.
+
+    `p.consumed` counts the positions of the partition's stream taken (delivered, or
+    bad and skipped); an epoch_size quota counts them too. A resumed pass starts past
+    the `plan.skip` positions delivered before the stop: indexed shards do not read them
+    again, a stream reads and drops them."""
+
+    def __init__(self, ds: WebDataset, p: _Pass) -> None:
+        self._ds, self._p = ds, p
+        plan = p.plan
+        self._left = plan.quota  # positions the epoch_size quota still allows (None: no quota)
+        if ds.indexed:
+            self._chunks = ds._indexed_chunks(p)
+            self._replay = 0
+            p.consumed = plan.skip
+            if self._left is not None:
+                self._left = max(self._left - plan.skip, 0)
+        else:  # samples already counted (`_emit`), None for a bad one; nbytes None: counted
+            self._chunks = (([sample], None) for sample in ds._streamed(p))
+            self._replay = plan.skip
+        self._items: list = []  # the current chunk: dicts, ShardErrors (indexed) or None
+        self._nbytes: list[int] | None = None
+        self._clean = True  # the chunk holds only dicts
+        self._pos = 0
+        self._ended = False
+
+    def __iter__(self) -> _Samples:
+        return self
+
+    def __next__(self) -> dict:
+        pos = self._pos
+        if self._clean and pos < len(self._items) and self._left is None:  # a good sample in hand
+            self._pos = pos + 1
+            stats = self._p.stats
+            self._p.consumed += 1
+            stats["samples"] += 1
+            if self._nbytes is not None:
+                stats["bytes"] += self._nbytes[pos]
+            return self._items[pos]
+        got = self.take(1)
+        if not got:
+            raise StopIteration
+        return got[0]
+
+    def take(self, n: int) -> list[dict]:
+        """Up to n samples (fewer only at the end of the pass)."""
+        p, out = self._p, []
+        try:
+            while len(out) < n and not self._ended:
+                if self._left == 0:  # the epoch_size quota is met
+                    self._end()
+                    break
+                if self._pos == len(self._items):
+                    if not self._next_chunk():
+                        break
+                    continue
+                room = n - len(out) if self._left is None else min(n - len(out), self._left)
+                if self._clean:
+                    end = min(len(self._items), self._pos + room)
+                    out += self._items[self._pos:end]
+                    if self._nbytes is not None:
+                        p.stats["bytes"] += sum(self._nbytes[self._pos:end])
+                    taken = delivered = end - self._pos
+                    self._pos = end
+                else:
+                    item = self._items[self._pos]
+                    self._pos += 1
+                    if isinstance(item, ShardError):
+                        self._ds._fail(p, item, samples=1)  # raises with on_error="raise"
+                        item = None
+                    elif item is not None and self._nbytes is not None:
+                        p.stats["bytes"] += self._nbytes[self._pos - 1]
+                    if item is not None:
+                        out.append(item)
+                    taken, delivered = 1, int(item is not None)
+                p.consumed += taken
+                p.stats["samples"] += delivered
+                if self._left is not None:
+                    self._left -= taken
+        except BaseException:
+            self._end()
+            raise
+        return out
+
+    def _next_chunk(self) -> bool:
+        try:
+            while True:
+                self._items, self._nbytes = next(self._chunks)
+                self._pos = 0
+                if self._replay:  # a resumed stream drops what was delivered before the stop
+                    skipped = min(self._replay, len(self._items))
+                    self._replay -= skipped
+                    self._pos = skipped
+                    p = self._p
+                    p.consumed += skipped
+                    if self._left is not None:
+                        self._left = max(self._left - skipped, 0)
+                if self._pos < len(self._items):
+                    self._clean = all(type(item) is dict for item in self._items)
+                    return True
+        except StopIteration:
+            self._ended = True
+            return False
+
+    def _end(self) -> None:
+        self._ended = True
+        self._items, self._pos = [], 0
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def _buffer_shuffle(samples: Iterator, size: int, rng: np.random.Generator) -> Iterator:

@@ -153,6 +153,27 @@ def test_a_header_claiming_100_gb_is_rejected(shard_set, mode, request):
     assert keys(got) == [k for k in keys(samples) if k != "s000003"]
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_taking_batches_gives_what_iteration_gives(shard_set, mode, request):
+    """`take(n)` (how fastloader's DataLoader fetches) delivers and counts exactly what
+    one-at-a-time iteration does, around damage and missing members too."""
+    samples, paths = shard_set
+    with open(paths[1], "r+b") as f:
+        f.truncate(9000)
+    urls = _urls(paths, mode, request.node.name)
+    ds = fastloader.WebDataset(urls, shard_shuffle=False, on_error="skip", require=("bin", "cls", "txt"))
+    one_by_one = list(ds)
+    counted = ds.stats()
+    assert 40 < len(one_by_one) < 60 and counted["failures"] > 0
+    it, got = iter(ds), []
+    for n in [1, 7, 64, 3] * 20:
+        batch = it.take(n)
+        got += batch
+        if len(batch) < n:
+            break
+    assert got == one_by_one and ds.stats() == counted and it.take(5) == []
+
+
 def test_errors_cross_from_loader_workers_with_the_shard_named(shard_set):
     samples, paths = shard_set
     with open(paths[2], "r+b") as f:

@@ -163,6 +163,21 @@ def test_resume_through_the_loader_is_exact(shards, mode, workers, cut):
     assert rest == full[cut:]
 
 
+@pytest.mark.parametrize("mode", ["indexed", "streamed"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_with_epoch_size_is_exact(shards, mode, workers):
+    """An epoch_size quota counts the samples delivered before the stop: the resumed run
+    delivers the rest of the quota, the very batches the uninterrupted run would have."""
+    _, urls = shards
+
+    def make():
+        return fastloader.WebDataset(urls[mode], shuffle=True, seed=4, buffer_size=25, epoch_size=100)
+
+    full, head, rest = _cut_and_resume(make, workers, cut=5)
+    assert sum(len(b) for b in full) == 100
+    assert head == full[:5] and rest == full[5:]
+
+
 @pytest.mark.parametrize("new_world,new_workers", [(3, 1), (1, 3), (2, 0)])
 def test_elastic_resume_with_other_ranks_and_workers(shards, new_world, new_workers):
     all_keys, urls = shards
