@@ -610,12 +610,9 @@ class _Samples:
                     self._pos = end
                 else:
                     item = self._items[self._pos]
+                    if self._nbytes is not None:  # indexed: counted, or failed (it may raise), here
+                        item = self._ds._emit(p, item, self._nbytes[self._pos])
                     self._pos += 1
-                    if isinstance(item, ShardError):
-                        self._ds._fail(p, item, samples=1)  # raises with on_error="raise"
-                        item = None
-                    elif item is not None and self._nbytes is not None:
-                        p.stats["bytes"] += self._nbytes[self._pos - 1]
                     if item is not None:
                         out.append(item)
                     taken, delivered = 1, int(item is not None)
@@ -637,8 +634,7 @@ class _Samples:
                     skipped = min(self._replay, len(self._items))
                     self._replay -= skipped
                     self._pos = skipped
-                    p = self._p
-                    p.consumed += skipped
+                    self._p.consumed += skipped
                     if self._left is not None:
                         self._left = max(self._left - skipped, 0)
                 if self._pos < len(self._items):
