@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 VENV=.venv
-APT_PACKAGES="build-essential libjpeg62-turbo-dev zlib1g-dev libwebp-dev"
+# libturbojpeg0: the tests write YCCK JPEGs with it (PIL cannot)
+APT_PACKAGES="build-essential libjpeg62-turbo-dev zlib1g-dev libwebp-dev libturbojpeg0"
 # A bare Debian python3 needs these for venvs and for compiling extensions.
 "$PY" -c "import venv, ensurepip" 2>/dev/null || APT_PACKAGES="$APT_PACKAGES python3-venv"
 "$PY" -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \

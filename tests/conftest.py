@@ -1,13 +1,13 @@
 """Shared fixtures: real photographs bundled with scikit-image / scikit-learn, encoded as a
 varied set of JPEGs (sizes, qualities, subsamplings, progressive, grayscale, restart
-intervals, CMYK, EXIF orientations)."""
+intervals, CMYK and YCCK, EXIF orientations)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from _images import JpegCase, encode_jpeg, with_orientation
+from _images import JpegCase, encode_jpeg, encode_ycck_jpeg, with_orientation
 from fastloader.bench.datasets import bundled_photos
 
 
@@ -44,6 +44,12 @@ def jpeg_cases(photos) -> list[JpegCase]:
     cases.append(JpegCase("restart-blocks", encode_jpeg(crop(names[5], 375, 500), quality=90, restart_marker_blocks=3)))
     cases.append(JpegCase("restart-rows", encode_jpeg(crop(names[6], 301, 499), quality=90, restart_marker_rows=1, subsampling=1)))
     cases.append(JpegCase("cmyk", encode_jpeg(crop(names[7], 200, 300).convert("CMYK"), quality=90)))
+    # YCCK (Adobe transform 2), with a real black channel (PIL's convert("CMYK") leaves K at 0)
+    for sub in (0, 2):
+        rgb = np.asarray(crop(names[(8 + sub) % len(names)], 201, 307), dtype=np.int16)
+        k = 255 - rgb.max(axis=2, keepdims=True)
+        cmyk = np.concatenate([255 - rgb - k, k], axis=2).astype(np.uint8)
+        cases.append(JpegCase(f"cmyk-ycck-sub{sub}", encode_ycck_jpeg(cmyk, quality=90, subsampling=sub)))
     for o in range(1, 9):
         cases.append(JpegCase(f"exif-{o}", with_orientation(crop(names[o % len(names)], 150, 230), o, quality=90)))
     return cases

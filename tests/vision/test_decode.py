@@ -29,7 +29,7 @@ def test_dct_scaled_decode_matches_pil_draft(jpeg_cases, scale, denominator):
     for case in jpeg_cases:
         with Image.open(io.BytesIO(case.data)) as img:
             w, h = img.size
-            if case.name == "cmyk" or min(w, h) < 8 * denominator:
+            if case.name.startswith("cmyk") or min(w, h) < 8 * denominator:
                 continue  # draft() would pick another scale
             img.draft("RGB", (w // denominator, h // denominator))
             ref = np.asarray(img.convert("RGB"))
