@@ -26,6 +26,7 @@
 #include "text/wordpiece.h"
 #include "jpeg/decode.h"
 #include "python/large_bytes.h"
+#include "python/member_groups.h"
 
 namespace fl = fastloader;
 namespace py = pybind11;
@@ -782,6 +783,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return py::reinterpret_steal<py::object>(made);
       },
       py::arg("obj"), py::arg("depth"), py::arg("min_size"), py::arg("wrapped"));
+  m.def(
+      "group_members",
+      [](py::handle names, py::handle split_name) {
+        PyObject* made = fl::group_members(names.ptr(), split_name.ptr());
+        if (!made) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(made);
+      },
+      py::arg("names"), py::arg("split_name"));
   m.def("build_samples", &build_samples, py::arg("data"), py::arg("keys"), py::arg("key_starts"),
         py::arg("key_ends"), py::arg("counts"), py::arg("ext"), py::arg("off"), py::arg("end"),
         py::arg("exts"), py::arg("url"));

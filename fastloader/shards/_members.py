@@ -89,59 +89,21 @@ class Samples:
 
 def group(names: list[str], header: np.ndarray, offset: np.ndarray, size: np.ndarray) -> Samples:
     """Groups scanned members into samples; a sample with a duplicate extension is left
-    out and reported in `problems`."""
-    keys: list[str] = []
-    ext_ids: dict[str, int] = {}
-    member_ext: list[int] = []
-    kept: list[int] = []
-    first: list[int] = []
-    starts: list[int] = []
-    problems: list[Problem] = []
-    current: str | None = None
-    seen: set[str] = set()
-    bad = False
-
-    def close() -> None:
-        nonlocal bad
-        if current is None:
-            return
-        if bad:
-            del keys[-1], starts[-1]
-            del kept[first[-1]:], member_ext[first[-1]:]
-            del first[-1]
-        bad = False
-
-    for i, name in enumerate(names):
-        key, ext = split_name(name)
-        if key is None:
-            continue
-        if key != current:
-            close()
-            current = key
-            seen = set()
-            keys.append(key)
-            starts.append(int(header[i]))
-            first.append(len(kept))
-        if ext in seen:
-            if not bad:
-                problems.append(Problem(int(header[i]), key, f"duplicate member {name!r} in one sample"))
-            bad = True
-            continue
-        seen.add(ext)
-        kept.append(i)
-        member_ext.append(ext_ids.setdefault(ext, len(ext_ids)))
-    close()
-    first.append(len(kept))
-    idx = np.asarray(kept, dtype=np.int64)
+    out and reported in `problems`. The pass is compiled (`_C.group_members`); names it
+    does not split itself (non-ASCII, dotfiles, no extension...) come back to `split_name`."""
+    keys, exts, member_ext, kept, first, start_member, duplicates = _C.group_members(names, split_name)
+    idx = np.frombuffer(kept, dtype=np.int64)
+    header = np.asarray(header, dtype=np.int64)
     return Samples(
         keys=keys,
-        exts=list(ext_ids),
-        member_ext=np.asarray(member_ext, dtype=np.int32),
-        offset=offset[idx] if len(idx) else np.zeros(0, np.int64),
-        size=size[idx] if len(idx) else np.zeros(0, np.int64),
-        first=np.asarray(first, dtype=np.int64),
-        header=np.asarray(starts, dtype=np.int64),
-        problems=problems,
+        exts=exts,
+        member_ext=np.frombuffer(member_ext, dtype=np.int32).copy(),
+        offset=np.asarray(offset, dtype=np.int64)[idx],
+        size=np.asarray(size, dtype=np.int64)[idx],
+        first=np.frombuffer(first, dtype=np.int64).copy(),
+        header=header[np.frombuffer(start_member, dtype=np.int64)],
+        problems=[Problem(int(header[i]), key, f"duplicate member {names[i]!r} in one sample")
+                  for i, key in duplicates],
     )
 
 
