@@ -385,7 +385,10 @@ class WebDataset(IterableDataset):
                 return
             rounds += 1
 
-    def _shard_samples(self, p: _Pass, shard: int) -> Iterator[dict | None]:
+    def _shard_chunks(self, p: _Pass, shard: int) -> Iterator[tuple[list, list[int]]]:
+        """The shard's samples a built chunk at a time: (items, member bytes of each), a
+        ShardError in place of a bad sample; damage between samples is failed in its place
+        (once the chunk before it is taken)."""
         url = self.urls[shard]
         p.stats["shards"] += 1
         if indexable_path(url) is not None:  # local: through the index
@@ -398,16 +401,23 @@ class WebDataset(IterableDataset):
             events = sorted([(o, ShardError(r, url=url, offset=o), 0) for o, r in index.damage]
                             + [(pr.offset, ShardError(pr.reason, url=url, offset=pr.offset, key=pr.key), 1)
                                for pr in index.samples.problems], key=lambda ev: ev[0])
-            heads = index.samples.header.tolist()
+            heads = index.samples.header
             e = 0
             chunk = _chunk_len([index.samples])
             for c in range(0, len(heads), chunk):
                 idx = np.arange(c, min(c + chunk, len(heads)))
-                for i, item, nbytes in zip(idx.tolist(), *self._built(maker, idx)):
-                    while e < len(events) and events[e][0] < heads[i]:  # damage before this sample
-                        self._fail(p, events[e][1], samples=events[e][2])
-                        e += 1
-                    yield self._emit(p, item, nbytes)
+                items, nbytes = self._built(maker, idx)
+                start = 0
+                while e < len(events):  # damage before a sample of this chunk: the samples before it first
+                    j = int(np.searchsorted(heads[idx], events[e][0], side="right"))
+                    if j == len(idx):
+                        break
+                    if j > start:
+                        yield items[start:j], nbytes[start:j]
+                        start = j
+                    self._fail(p, events[e][1], samples=events[e][2])
+                    e += 1
+                yield items[start:], nbytes[start:]
             for _, error, lost in events[e:]:
                 self._fail(p, error, samples=lost)
             return
@@ -423,9 +433,7 @@ class WebDataset(IterableDataset):
                                samples=event.lost_samples)
                     continue
                 item, data = event
-                for sample, nbytes in zip(*self._built(_members.SampleMaker(item, data, url, self.views),
-                                                       np.arange(len(item)))):
-                    yield self._emit(p, sample, nbytes)
+                yield self._built(_members.SampleMaker(item, data, url, self.views), np.arange(len(item)))
         except (OSError, EOFError, zlib.error) as err:  # gzip reports damage as these
             self._fail(p, ShardError(f"read failed: {err}", url=url))
         finally:
@@ -434,24 +442,35 @@ class WebDataset(IterableDataset):
             except ShardError as err:
                 self._fail(p, err)
 
-    def _from_shards(self, p: _Pass) -> Iterator[dict]:
+    def _from_shards(self, p: _Pass) -> Iterator[tuple[list[dict], list[int]]]:
+        """Runs of good samples (and their member bytes), in stream order; each bad sample
+        is failed in its place, after the samples before it were taken."""
         empty_in_a_row = 0  # a stream that must fill epoch_size from shards that hold nothing
         for shard in self._shard_sequence(p.plan):
             got = 0
-            for s in self._shard_samples(p, shard):
-                if s is not None:
-                    got += 1
-                    yield s
+            for items, nbytes in self._shard_chunks(p, shard):
+                start = 0
+                for j in [j for j, item in enumerate(items) if type(item) is not dict]:
+                    if j > start:
+                        got += j - start
+                        yield items[start:j], nbytes[start:j]
+                    self._emit(p, items[j], nbytes[j])  # counted, or raised
+                    start = j + 1
+                if start < len(items):
+                    got += len(items) - start
+                    yield items[start:], nbytes[start:]
             empty_in_a_row = 0 if got else empty_in_a_row + 1
             if empty_in_a_row > 10 * len(self.urls) + 100:
                 raise ShardError(f"{empty_in_a_row} shards in a row gave no sample: cannot fill epoch_size",
                                  url=self.urls[shard])
 
-    def _streamed(self, p: _Pass) -> Iterator[dict | None]:
-        samples = self._from_shards(p)
+    def _streamed(self, p: _Pass) -> Iterator[tuple[list[dict], list[int]]]:
+        runs = self._from_shards(p)
         if self.shuffle:
-            samples = _buffer_shuffle(samples, self.buffer_size, partition.rng(self.seed, p.plan.epoch, p.plan.k, 3))
-        return samples
+            pairs = (pair for items, nbytes in runs for pair in zip(items, nbytes))
+            rng = partition.rng(self.seed, p.plan.epoch, p.plan.k, 3)
+            return (([sample], [n]) for sample, n in _buffer_shuffle(pairs, self.buffer_size, rng))
+        return runs
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -546,8 +565,8 @@ class _Samples:
     (fastloader's DataLoader asks for batches so), which from indexed shards hands out
     slices of the chunks built in C++, with no Python step per sample.
 
-    `p.consumed` counts the positions of the partition's stream taken (delivered, or
-    bad and skipped); an epoch_size quota counts them too. A resumed pass starts past
+    `p.consumed` counts the positions of the partition's stream taken (delivered, or,
+    from indexed shards, bad and skipped); an epoch_size quota counts them too. A resumed pass starts past
     the `plan.skip` positions delivered before the stop: indexed shards do not read them
     again, a stream reads and drops them."""
 
@@ -561,11 +580,11 @@ class _Samples:
             p.consumed = plan.skip
             if self._left is not None:
                 self._left = max(self._left - plan.skip, 0)
-        else:  # samples already counted (`_emit`), None for a bad one; nbytes None: counted
-            self._chunks = (([sample], None) for sample in ds._streamed(p))
+        else:  # runs of good samples; the bad ones, failed between runs, are no positions
+            self._chunks = ds._streamed(p)
             self._replay = plan.skip
-        self._items: list = []  # the current chunk: dicts, ShardErrors (indexed) or None
-        self._nbytes: list[int] | None = None
+        self._items: list = []  # the current chunk: dicts, or ShardErrors (indexed)
+        self._nbytes: list[int] = []  # member bytes of each, counted as they are taken
         self._clean = True  # the chunk holds only dicts
         self._pos = 0
         self._ended = False
@@ -580,8 +599,7 @@ class _Samples:
             stats = self._p.stats
             self._p.consumed += 1
             stats["samples"] += 1
-            if self._nbytes is not None:
-                stats["bytes"] += self._nbytes[pos]
+            stats["bytes"] += self._nbytes[pos]
             return self._items[pos]
         got = self.take(1)
         if not got:
@@ -604,14 +622,12 @@ class _Samples:
                 if self._clean:
                     end = min(len(self._items), self._pos + room)
                     out += self._items[self._pos:end]
-                    if self._nbytes is not None:
-                        p.stats["bytes"] += sum(self._nbytes[self._pos:end])
+                    p.stats["bytes"] += sum(self._nbytes[self._pos:end])
                     taken = delivered = end - self._pos
                     self._pos = end
                 else:
-                    item = self._items[self._pos]
-                    if self._nbytes is not None:  # indexed: counted, or failed (it may raise), here
-                        item = self._ds._emit(p, item, self._nbytes[self._pos])
+                    # indexed: a bad sample in its place, counted or failed (it may raise) here
+                    item = self._ds._emit(p, self._items[self._pos], self._nbytes[self._pos])
                     self._pos += 1
                     if item is not None:
                         out.append(item)
