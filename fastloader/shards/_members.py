@@ -14,6 +14,9 @@ import numpy as np
 from .. import _C, _origins
 from . import _local
 from .._heap import keep_freed_memory
+from .._origins import read_range
+
+_SPAN_SLACK = 16  # a span read may hold this many times the members' bytes
 
 _NO_RANGE = np.zeros(0, np.int64)  # keys given as a list: no ranges into a blob
 _META = re.compile(r"__[^/]*__($|/)")
@@ -116,9 +119,11 @@ class SampleMaker:
     """Builds sample dicts (`__key__`, `__url__`, each member's bytes under its
     extension) from grouped samples and the buffer their offsets index."""
 
-    def __init__(self, samples: Samples, data, url: str, views: bool = False):
+    def __init__(self, samples: Samples, data, url: str, views: bool = False,
+                 reader: _local.PreadShard | None = None):
         self.samples = samples
         self.url = url
+        self.reader = reader  # beside a mapping: reads runs of small members close together
         # views: memoryview slices of data (no copy), built here; else bytes, the dicts
         # built in C++: read with a PreadShard's pread, or copied out of a buffer in
         # memory (an mmap, bytes, a memoryview)
@@ -149,9 +154,11 @@ class SampleMaker:
                 keys, key_starts, key_ends = [s.keys[k] for k in i.tolist()], _NO_RANGE, _NO_RANGE
             where = (keys, key_starts, key_ends, counts, s.member_ext[members], s.offset[members],
                      self.end[members], exts, url)
-            if isinstance(data, _local.PreadShard):
-                return self._read_many(data, where), nbytes
-            return _C.build_samples(data, *where), nbytes
+            reader = data if isinstance(data, _local.PreadShard) else self.reader
+            built = self._span_read(reader, where) if reader is not None else None
+            if built is None:
+                built = self._read_many(data, where) if reader is data else _C.build_samples(data, *where)
+            return built, nbytes
         ext = s.member_ext[members].tolist()
         off, end = s.offset[members].tolist(), self.end[members].tolist()
         wanted = idx.tolist()
@@ -165,6 +172,26 @@ class SampleMaker:
             m += c
             out.append(sample)
         return out, nbytes
+
+    @staticmethod
+    def _span_read(shard: _local.PreadShard, where: tuple) -> list[dict] | None:
+        """Small members close together (a shard read in order): the byte span holding
+        them read with one pread, the samples built from it. That copies from the page
+        cache ~3x faster than a process's first touch of a mapping (a page fault per 64
+        KiB, mapping each page). None for large members or scattered ones (a global
+        shuffle), where a pread each or the mapping does better."""
+        off, end = where[5], where[6]
+        if not len(off):
+            return None
+        sizes = end - off
+        lo, hi = int(off.min()), int(end.max())
+        # large members go one by one (noted for `_origins`): one copy, not two
+        if hi - lo > max(_SPAN_SLACK * int(sizes.sum()), 1 << 16) or int(sizes.max()) >= _origins.MIN_SIZE:
+            return None
+        data = read_range(shard.fd, lo, hi - lo)
+        if len(data) != hi - lo:
+            raise shard.cut_short(lo + len(data))
+        return _C.build_samples(data, *where[:5], off - lo, end - lo, *where[7:])
 
     @staticmethod
     def _read_many(shard: _local.PreadShard, where: tuple) -> list[dict]:

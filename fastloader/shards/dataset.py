@@ -20,8 +20,8 @@ from . import _index, _local, _members, _scanning, _tar, partition
 from .urls import expand_urls, indexable_path, open_stream, read_chunks
 
 STATE_VERSION = 1
-# shards kept open per worker (mapped or read with pread: a file descriptor each): a global shuffle reads from
-# every shard, so as many as the descriptor limit comfortably allows
+# shards kept open per worker (mapped, read with pread, or both for small members: a file descriptor or two
+# each): a global shuffle reads from every shard, so as many as the descriptor limit comfortably allows
 MAX_OPEN_SHARDS = max(64, min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
 _CHUNK = 256  # samples built together, at most,
 _CHUNK_BYTES = 4 << 20  # and about this many bytes: large samples come steadily, not in bursts
@@ -298,9 +298,12 @@ class WebDataset(IterableDataset):
                 self._open.popitem(last=False)
             url = self.urls[shard]
             samples = self._index(shard).samples
+            path = indexable_path(url)
             mapped = self.views or not _members.large_samples(samples)
-            maker = _members.SampleMaker(samples, _local.open_shard(indexable_path(url), url, mapped), url,
-                                         self.views)
+            data = _local.open_shard(path, url, mapped)
+            # small members: mapped for scattered reads, and read in spans where in order
+            reader = _local.open_shard(path, url, False) if mapped and not self.views and len(data) else None
+            maker = _members.SampleMaker(samples, data, url, self.views, reader)
             self._open[shard] = maker
         else:
             self._open.move_to_end(shard)

@@ -33,17 +33,18 @@ def _pread_shard(tmp_path, data: bytes) -> _local.PreadShard:
 
 
 @pytest.mark.parametrize("keys_as_table", [True, False])
-@pytest.mark.parametrize("kind", ["bytes", "mmap", "memoryview", "pread"])
+@pytest.mark.parametrize("kind", ["bytes", "mmap", "memoryview", "pread", "mmap+pread"])
 def test_compiled_samples_equal_python_ones(keys_as_table, kind, tmp_path):
     samples, data = _samples(NAMES, SIZES, keys_as_table)
-    if kind == "mmap":
+    reader = _pread_shard(tmp_path, data) if kind == "mmap+pread" else None  # spans read, the rest mapped
+    if kind.startswith("mmap"):
         data = mmap.mmap(-1, len(data))
         data.write(_samples(NAMES, SIZES, keys_as_table)[1])
     elif kind == "memoryview":
         data = memoryview(data)
     elif kind == "pread":
         data = _pread_shard(tmp_path, data)
-    compiled = _members.SampleMaker(samples, data, "shard-1.tar")
+    compiled = _members.SampleMaker(samples, data, "shard-1.tar", reader=reader)
     python = _members.SampleMaker(samples, data, "shard-1.tar")
     python.compiled = False
     assert compiled.compiled
@@ -118,6 +119,35 @@ def test_a_pread_shard_cut_short_names_the_shard_and_offset(tmp_path):
         with pytest.raises(ShardError, match="shorter than its index") as err:
             maker.make_many(np.array([0, i]))
         assert err.value.offset == int(samples.offset[i]) and shard.url in str(err.value)
+
+
+def test_small_members_in_order_are_read_in_spans_scattered_ones_through_the_mapping(tmp_path, monkeypatch):
+    from _shard_data import make_samples, write_with_webdataset
+
+    import fastloader
+
+    samples = make_samples(6000, seed=2)  # ~2 KB each: a chunk of 256 shuffled ones is sparse in its shards
+    paths = write_with_webdataset(tmp_path, samples, per_shard=2000)
+    spans = []
+    real = _members.read_range
+    monkeypatch.setattr(_members, "read_range", lambda fd, a, n: spans.append(n) or real(fd, a, n))
+    in_order = list(fastloader.WebDataset(paths, shard_shuffle=False))
+    assert [s["__key__"] for s in in_order] == [s["__key__"] for s in samples]
+    assert len(spans) >= 6000 // 256 and sum(spans) < sum(os.path.getsize(p) for p in paths)  # a span a chunk
+    spans.clear()
+    shuffled = list(fastloader.WebDataset(paths, shuffle=True, seed=0))
+    assert spans == [] and sorted(s["__key__"] for s in shuffled) == sorted(s["__key__"] for s in in_order)
+    assert {s["__key__"]: s for s in shuffled} == {s["__key__"]: s for s in in_order}
+
+
+def test_a_span_cut_short_names_the_shard_and_offset(tmp_path):
+    samples, data = _samples(["a.x", "b.x", "c.x"], [10, 500, 10], keys_as_table=True)
+    shard = _pread_shard(tmp_path, data)
+    maker = _members.SampleMaker(samples, mmap.mmap(-1, len(data)), shard.url, reader=shard)
+    os.truncate(shard.url[len("file://"):], int(samples.offset[1]) + 100)
+    with pytest.raises(ShardError, match="shorter than its index") as err:
+        maker.make_many(np.array([0, 1, 2]))
+    assert err.value.offset == int(samples.offset[1]) + 100 and shard.url in str(err.value)
 
 
 def test_a_failed_pread_is_an_os_error():
