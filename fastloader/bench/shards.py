@@ -2,7 +2,9 @@
 
 Two shard sets, written once into a cache directory and read from page cache:
   - small: 100,000 samples of ~1 KB (a 1,000-byte payload and a class), 12 shards;
-  - large: 12,000 samples of ~100 KB (1.2 GB), 12 shards.
+  - large: 12,000 samples of ~100 KB (1.2 GB), 12 shards;
+  - small-pipe: the small set as `pipe:cat SHARD` streams, the way remote shards are read
+    (scanned as the bytes arrive, no index, no random access).
 Each is read in order (no shuffle) through a DataLoader with 1 and 2 worker processes,
 batches of 64 samples handed to the main process as lists of sample dicts (torch's
 DataLoader around `webdataset.WebDataset`, fastloader's around `fastloader.WebDataset`),
@@ -29,6 +31,7 @@ from ._fresh import medians, run_fresh
 from .loader import _tree_cpu
 
 SETS = {"small": (100_000, 1_000), "large": (12_000, 100_000)}
+PIPE = "-pipe"  # a set name ending so: its shards read as `pipe:cat` streams
 SHARDS_PER_SET = 12
 BATCH = 64
 
@@ -66,18 +69,20 @@ def _member_bytes(sample: dict) -> int:
 
 def measure(impl: str, name: str, workers: int) -> dict:
     """One configuration in this process (run it in a fresh one)."""
-    paths = ensure_shards(name)
+    piped = name.endswith(PIPE)
+    paths = ensure_shards(name.removesuffix(PIPE))
+    urls = [f"pipe:cat {p}" for p in paths] if piped else paths
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if impl == "webdataset":
             import webdataset as wds
 
-            dataset = wds.WebDataset(paths, shardshuffle=False)
+            dataset = wds.WebDataset(urls, shardshuffle=False)
             loader_cls = torch.utils.data.DataLoader
         else:
             import fastloader
 
-            dataset = fastloader.WebDataset(paths, shard_shuffle=False)
+            dataset = fastloader.WebDataset(urls, shard_shuffle=False, allow_pipe=piped)
             loader_cls = fastloader.DataLoader
         for path in paths:  # into page cache before timing
             with open(path, "rb") as f:
@@ -101,13 +106,13 @@ def measure(impl: str, name: str, workers: int) -> dict:
             "mb_per_cpu_s": nbytes / cpu / 1e6 if cpu > 0 else float("nan")}
 
 
-def run(repeats: int = 3, sets=tuple(SETS), workers=(1, 2), in_process: bool = True) -> list[dict]:
+def run(repeats: int = 3, sets=(*SETS, "small" + PIPE), workers=(1, 2), in_process: bool = True) -> list[dict]:
     configs = [(name, w) for name in sets for w in ((0,) if in_process else ()) + tuple(workers)]
     for name in sets:
-        ensure_shards(name)
+        ensure_shards(name.removesuffix(PIPE))
     print(f"torch {torch.__version__}, {os.cpu_count()} cores; shards in {shard_dir()}; "
           f"medians of {repeats} fresh-process runs each")
-    header = (f"{'samples':7} {'workers':>7} | {'wds samples/s':>13} {'fl samples/s':>12} {'ratio':>7} | "
+    header = (f"{'samples':10} {'workers':>7} | {'wds samples/s':>13} {'fl samples/s':>12} {'ratio':>7} | "
               f"{'wds MB/s':>8} {'fl MB/s':>8} {'fl MB/s/core':>12} | {'fl busy cores':>13} {'fl MB/cpu-s':>11}")
     print(header)
     print("-" * len(header))
@@ -125,7 +130,7 @@ def run(repeats: int = 3, sets=tuple(SETS), workers=(1, 2), in_process: bool = T
                "ratio": f["samples_per_s"] / w["samples_per_s"], "fl_mb_per_s_per_core": f["mb_per_s"] / max(nw, 1)}
         rows.append(row)
         label = "0 (in)" if nw == 0 else str(nw)
-        print(f"{name:7} {label:>7} | {w['samples_per_s']:>13.0f} {f['samples_per_s']:>12.0f} {row['ratio']:>6.1f}x | "
+        print(f"{name:10} {label:>7} | {w['samples_per_s']:>13.0f} {f['samples_per_s']:>12.0f} {row['ratio']:>6.1f}x | "
               f"{w['mb_per_s']:>8.0f} {f['mb_per_s']:>8.0f} {row['fl_mb_per_s_per_core']:>12.0f} | "
               f"{f['busy_cores']:>13.2f} {f['mb_per_cpu_s']:>11.0f}", flush=True)
     print("workers 0 (in): the dataset iterated in one process; 1, 2: DataLoader worker processes "
@@ -138,7 +143,7 @@ def run(repeats: int = 3, sets=tuple(SETS), workers=(1, 2), in_process: bool = T
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--sets", default=",".join((*SETS, "small" + PIPE)))
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "SET", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
