@@ -151,10 +151,11 @@ def test_shard_benchmark_reads_the_same_samples_with_both(tmp_path, monkeypatch,
 
     monkeypatch.setenv("FASTLOADER_CACHE", str(tmp_path))
     monkeypatch.setenv("FASTLOADER_BENCH_SCALE", "0.005")  # 500 small samples
-    rows = bench.run(repeats=1, sets=("small",), workers=(1,))
+    rows = bench.run(repeats=1, sets=("small", "small-pipe"), workers=(1,))
     out = capsys.readouterr().out
     assert "wds samples/s" in out and "fl samples/s" in out
-    assert [r["num_workers"] for r in rows] == [0, 1]
+    assert [(r["set"], r["num_workers"]) for r in rows] == [("small", 0), ("small", 1), ("small-pipe", 0),
+                                                           ("small-pipe", 1)]
     for r in rows:  # run() checks both read the same number of samples
         assert r["webdataset"]["samples"] == r["fastloader"]["samples"] == 500
 
