@@ -63,7 +63,7 @@ def encode_ycck_jpeg(cmyk: np.ndarray, quality: int = 90, subsampling: int = 2) 
 
     name = ctypes.util.find_library("turbojpeg")
     if name is None:
-        raise RuntimeError("libturbojpeg not found (apt install libturbojpeg0-dev)")
+        raise RuntimeError("libturbojpeg not found (apt install libturbojpeg0; .ci/setup.sh does)")
     tj = ctypes.CDLL(name)
     tj.tjInitCompress.restype = ctypes.c_void_p
     tj.tjGetErrorStr2.restype = ctypes.c_char_p

@@ -41,19 +41,22 @@ class Grouper {
 
   // One member: key (a borrowed view of an ASCII key, or key_obj), ext id; false on error.
   bool add(Py_ssize_t i, std::string_view ascii_key, PyObject* key_obj, int ext) {
-    if (!same_key(ascii_key, key_obj)) {
+    const int same = same_key(ascii_key, key_obj);
+    if (same < 0) return false;
+    if (!same) {
       if (!close()) return false;
       Ref key(key_obj ? Py_NewRef(key_obj)
                       : PyUnicode_FromStringAndSize(ascii_key.data(), Py_ssize_t(ascii_key.size())));
       if (!key.p || PyList_Append(keys_.p, key.p)) return false;
       current_ = std::move(key);
+      for (int e : seen_) seen_flag_[size_t(e)] = 0;
       seen_.clear();
       bad_ = false;
       start_member_.push_back(i);
       first_.push_back(int64_t(kept_.size()));
     }
-    for (int e : seen_) {
-      if (e != ext) continue;
+    if (seen_flag_.size() <= size_t(ext)) seen_flag_.resize(size_t(ext) + 1, 0);
+    if (seen_flag_[size_t(ext)]) {  // a repeated extension: the sample is left out
       if (!bad_) {
         Ref dup(Py_BuildValue("(nO)", i, current_.p));
         if (!dup.p || PyList_Append(dups_.p, dup.p)) return false;
@@ -61,6 +64,7 @@ class Grouper {
       bad_ = true;
       return true;
     }
+    seen_flag_[size_t(ext)] = 1;
     seen_.push_back(ext);
     kept_.push_back(i);
     member_ext_.push_back(ext);
@@ -98,9 +102,10 @@ class Grouper {
   }
 
  private:
-  bool same_key(std::string_view ascii_key, PyObject* key_obj) const {
-    if (!current_.p) return false;
-    if (key_obj) return PyUnicode_Compare(key_obj, current_.p) == 0;
+  // 1 if the member's key is the current sample's, 0 if not, -1 on error.
+  int same_key(std::string_view ascii_key, PyObject* key_obj) const {
+    if (!current_.p) return 0;
+    if (key_obj) return PyObject_RichCompareBool(key_obj, current_.p, Py_EQ);
     // an ASCII key equals the current one only if that is ASCII too, with the same bytes
     return PyUnicode_IS_ASCII(current_.p) && size_t(PyUnicode_GET_LENGTH(current_.p)) == ascii_key.size() &&
            std::memcmp(PyUnicode_DATA(current_.p), ascii_key.data(), ascii_key.size()) == 0;
@@ -121,7 +126,8 @@ class Grouper {
 
   Ref exts_, ext_ids_, keys_, dups_, current_;
   std::unordered_map<std::string, int> ascii_ids_;
-  std::vector<int> seen_;
+  std::vector<int> seen_;  // extension ids of the current sample
+  std::vector<uint8_t> seen_flag_;  // by extension id: in the current sample
   bool bad_ = false;
   std::vector<int32_t> member_ext_;
   std::vector<int64_t> kept_, first_, start_member_;
@@ -137,9 +143,9 @@ PyObject* group_members(PyObject* names, PyObject* split_name) {
   Grouper g;
   if (!g.ok()) return nullptr;
   std::string ext;
-  const Py_ssize_t n = PyList_GET_SIZE(names);
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    PyObject* name = PyList_GET_ITEM(names, i);
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); ++i) {  // split_name could change the list
+    Ref held(Py_NewRef(PyList_GET_ITEM(names, i)));
+    PyObject* name = held.p;
     if (!PyUnicode_Check(name)) {
       PyErr_SetString(PyExc_TypeError, "member names must be str");
       return nullptr;

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import time
 import warnings
 
@@ -71,7 +72,7 @@ def measure(impl: str, name: str, workers: int) -> dict:
     """One configuration in this process (run it in a fresh one)."""
     piped = name.endswith(PIPE)
     paths = ensure_shards(name.removesuffix(PIPE))
-    urls = [f"pipe:cat {p}" for p in paths] if piped else paths
+    urls = [f"pipe:cat {shlex.quote(p)}" for p in paths] if piped else paths
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if impl == "webdataset":

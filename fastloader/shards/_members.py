@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -16,7 +17,9 @@ from . import _local
 from .._heap import keep_freed_memory
 from .._origins import read_range
 
-_SPAN_SLACK = 16  # a span read may hold this many times the members' bytes
+# A span read may take this many times the tar records of the members it is for: a shard
+# read in order by up to 4 loader partitions (ranks x workers), each taking every 4th sample.
+_SPAN_SLACK = 4
 
 _NO_RANGE = np.zeros(0, np.int64)  # keys given as a list: no ranges into a blob
 _META = re.compile(r"__[^/]*__($|/)")
@@ -110,6 +113,25 @@ def group(names: list[str], header: np.ndarray, offset: np.ndarray, size: np.nda
     )
 
 
+def _worth_a_span(off: np.ndarray, end: np.ndarray) -> tuple[int, int] | None:
+    """(lo, hi) of the shard bytes to read at once for members [off, end), or None.
+
+    Small members close together (a shard read in order) come from one pread of their
+    span: that costs less than a process's first touch of a mapping (a page fault per 64
+    KiB, each page mapped: 256 MB took 30-42 ms so, 23 ms by pread), and the samples are
+    copied out of a buffer still in cache. Not for large members (a pread each, noted for
+    `_origins`) nor scattered ones (a global shuffle: a mapping pays for each page once,
+    a span would be read again for every chunk)."""
+    if not len(off):
+        return None
+    sizes = end - off
+    if int(sizes.max()) >= _origins.MIN_SIZE:
+        return None
+    lo, hi = int(off.min()), int(end.max())
+    records = int((512 + (sizes + 511) // 512 * 512).sum())  # each member's header and padded data
+    return (lo, hi) if hi - lo <= max(_SPAN_SLACK * records, 1 << 16) else None
+
+
 def large_samples(samples: Samples) -> bool:
     """Whether a shard's samples average _origins.MIN_SIZE bytes or more."""
     return int(samples.size.sum()) >= _origins.MIN_SIZE * max(len(samples), 1)
@@ -120,10 +142,12 @@ class SampleMaker:
     extension) from grouped samples and the buffer their offsets index."""
 
     def __init__(self, samples: Samples, data, url: str, views: bool = False,
-                 reader: _local.PreadShard | None = None):
+                 open_reader: Callable[[], _local.PreadShard] | None = None):
         self.samples = samples
         self.url = url
-        self.reader = reader  # beside a mapping: reads runs of small members close together
+        # beside a mapping, for runs of small members close together: opened when first needed
+        self.open_reader = open_reader
+        self.reader: _local.PreadShard | None = None
         # views: memoryview slices of data (no copy), built here; else bytes, the dicts
         # built in C++: read with a PreadShard's pread, or copied out of a buffer in
         # memory (an mmap, bytes, a memoryview)
@@ -154,11 +178,11 @@ class SampleMaker:
                 keys, key_starts, key_ends = [s.keys[k] for k in i.tolist()], _NO_RANGE, _NO_RANGE
             where = (keys, key_starts, key_ends, counts, s.member_ext[members], s.offset[members],
                      self.end[members], exts, url)
-            reader = data if isinstance(data, _local.PreadShard) else self.reader
-            built = self._span_read(reader, where) if reader is not None else None
-            if built is None:
-                built = self._read_many(data, where) if reader is data else _C.build_samples(data, *where)
-            return built, nbytes
+            pread = isinstance(data, _local.PreadShard)
+            span = _worth_a_span(where[5], where[6]) if pread or self.open_reader is not None else None
+            if span is not None:
+                return self._span_read(data if pread else self._reader(), where, *span), nbytes
+            return (self._read_many(data, where) if pread else _C.build_samples(data, *where)), nbytes
         ext = s.member_ext[members].tolist()
         off, end = s.offset[members].tolist(), self.end[members].tolist()
         wanted = idx.tolist()
@@ -173,22 +197,15 @@ class SampleMaker:
             out.append(sample)
         return out, nbytes
 
+    def _reader(self) -> _local.PreadShard:
+        if self.reader is None:
+            self.reader = self.open_reader()
+        return self.reader
+
     @staticmethod
-    def _span_read(shard: _local.PreadShard, where: tuple) -> list[dict] | None:
-        """Small members close together (a shard read in order): the byte span holding
-        them read with one pread, the samples built from it. That costs less than a
-        process's first touch of a mapping (a page fault per 64 KiB, each page mapped:
-        256 MB took 30-42 ms so, 23 ms by pread), and the samples are copied out of a
-        buffer still in cache. None for large members or scattered ones (a global
-        shuffle), where a pread each or the mapping does better."""
+    def _span_read(shard: _local.PreadShard, where: tuple, lo: int, hi: int) -> list[dict]:
+        """The samples' members out of one pread of the shard's bytes [lo, hi)."""
         off, end = where[5], where[6]
-        if not len(off):
-            return None
-        sizes = end - off
-        lo, hi = int(off.min()), int(end.max())
-        # large members go one by one (noted for `_origins`): one copy, not two
-        if hi - lo > max(_SPAN_SLACK * int(sizes.sum()), 1 << 16) or int(sizes.max()) >= _origins.MIN_SIZE:
-            return None
         data = read_range(shard.fd, lo, hi - lo)
         if len(data) != hi - lo:
             raise shard.cut_short(lo + len(data))

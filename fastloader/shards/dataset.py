@@ -1,6 +1,8 @@
 """`WebDataset`: samples of sharded tar files, split over ranks and workers, resumable."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import multiprocessing
 import os
 import resource
@@ -20,9 +22,10 @@ from . import _index, _local, _members, _scanning, _tar, partition
 from .urls import expand_urls, indexable_path, open_stream, read_chunks
 
 STATE_VERSION = 1
-# shards kept open per worker (mapped, read with pread, or both for small members: a file descriptor or two
-# each): a global shuffle reads from every shard, so as many as the descriptor limit comfortably allows
+# shards kept open per worker (mapped or read with pread: a file descriptor each): a global shuffle reads from
+# every shard, so as many as the descriptor limit comfortably allows
 MAX_OPEN_SHARDS = max(64, min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+MAX_SPAN_READERS = 8  # of those, shards read in order with pread too (one more descriptor each)
 _CHUNK = 256  # samples built together, at most,
 _CHUNK_BYTES = 4 << 20  # and about this many bytes: large samples come steadily, not in bursts
 
@@ -173,6 +176,7 @@ class WebDataset(IterableDataset):
         self._pass: _Pass | None = None
         self._indexes: dict[int, _index.ShardIndex] = {}
         self._open: OrderedDict[int, _members.SampleMaker] = OrderedDict()
+        self._readers: OrderedDict[int, None] = OrderedDict()  # shards of _open with a span reader
 
     # -- epochs, topology ---------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -197,7 +201,7 @@ class WebDataset(IterableDataset):
 
     def __copy__(self) -> WebDataset:  # a thread worker's copy: the epoch stays shared
         new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__, _open=OrderedDict(), _pass=None)
+        new.__dict__.update(self.__dict__, _open=OrderedDict(), _readers=OrderedDict(), _pass=None)
         return new
 
     def __setstate__(self, state: dict) -> None:
@@ -208,6 +212,7 @@ class WebDataset(IterableDataset):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_open"] = OrderedDict()  # mmaps stay in the process that opened them
+        state["_readers"] = OrderedDict()
         state["_pass"] = None
         if multiprocessing.context.get_spawning_popen() is None:  # a copy, not a new worker
             state["_epoch"] = self.epoch
@@ -302,12 +307,23 @@ class WebDataset(IterableDataset):
             mapped = self.views or not _members.large_samples(samples)
             data = _local.open_shard(path, url, mapped)
             # small members: mapped for scattered reads, and read in spans where in order
-            reader = _local.open_shard(path, url, False) if mapped and not self.views and len(data) else None
-            maker = _members.SampleMaker(samples, data, url, self.views, reader)
+            spans = mapped and not self.views and len(data) > 0
+            maker = _members.SampleMaker(samples, data, url, self.views,
+                                         functools.partial(self._span_reader, shard, path, url) if spans else None)
             self._open[shard] = maker
         else:
             self._open.move_to_end(shard)
         return maker
+
+    def _span_reader(self, shard: int, path: str, url: str) -> _local.PreadShard:
+        """A descriptor for a mapped shard's span reads; the few most recent are kept."""
+        self._readers[shard] = None
+        self._readers.move_to_end(shard)
+        while len(self._readers) > MAX_SPAN_READERS:
+            old = self._open.get(self._readers.popitem(last=False)[0])
+            if old is not None:
+                old.reader = None
+        return _local.open_shard(path, url, False)
 
     def _load_indexes(self, p: _Pass) -> np.ndarray:
         """Sample counts of every shard; damage is counted by the partition owning the shard."""
@@ -451,17 +467,19 @@ class WebDataset(IterableDataset):
         empty_in_a_row = 0  # a stream that must fill epoch_size from shards that hold nothing
         for shard in self._shard_sequence(p.plan):
             got = 0
-            for items, nbytes in self._shard_chunks(p, shard):
-                start = 0
-                for j in [j for j, item in enumerate(items) if type(item) is not dict]:
-                    if j > start:
-                        got += j - start
-                        yield items[start:j], nbytes[start:j]
-                    self._emit(p, items[j], nbytes[j])  # counted, or raised
-                    start = j + 1
-                if start < len(items):
-                    got += len(items) - start
-                    yield items[start:], nbytes[start:]
+            # closed at once when a bad sample raises here: the stream's own errors chain to it
+            with contextlib.closing(self._shard_chunks(p, shard)) as chunks:
+                for items, nbytes in chunks:
+                    start = 0
+                    for j in [j for j, item in enumerate(items) if type(item) is not dict]:
+                        if j > start:
+                            got += j - start
+                            yield items[start:j], nbytes[start:j]
+                        self._emit(p, items[j], nbytes[j])  # counted, or raised
+                        start = j + 1
+                    if start < len(items):
+                        got += len(items) - start
+                        yield items[start:], nbytes[start:]
             empty_in_a_row = 0 if got else empty_in_a_row + 1
             if empty_in_a_row > 10 * len(self.urls) + 100:
                 raise ShardError(f"{empty_in_a_row} shards in a row gave no sample: cannot fill epoch_size",

@@ -33,18 +33,20 @@ def _pread_shard(tmp_path, data: bytes) -> _local.PreadShard:
 
 
 @pytest.mark.parametrize("keys_as_table", [True, False])
-@pytest.mark.parametrize("kind", ["bytes", "mmap", "memoryview", "pread", "mmap+pread"])
-def test_compiled_samples_equal_python_ones(keys_as_table, kind, tmp_path):
+@pytest.mark.parametrize("kind", ["bytes", "mmap", "memoryview", "pread", "pread-each", "mmap+pread"])
+def test_compiled_samples_equal_python_ones(keys_as_table, kind, tmp_path, monkeypatch):
     samples, data = _samples(NAMES, SIZES, keys_as_table)
     reader = _pread_shard(tmp_path, data) if kind == "mmap+pread" else None  # spans read, the rest mapped
+    if kind == "pread-each":  # no span reads: a pread per member
+        monkeypatch.setattr(_members, "_worth_a_span", lambda off, end: None)
     if kind.startswith("mmap"):
         data = mmap.mmap(-1, len(data))
         data.write(_samples(NAMES, SIZES, keys_as_table)[1])
     elif kind == "memoryview":
         data = memoryview(data)
-    elif kind == "pread":
+    elif kind.startswith("pread"):
         data = _pread_shard(tmp_path, data)
-    compiled = _members.SampleMaker(samples, data, "shard-1.tar", reader=reader)
+    compiled = _members.SampleMaker(samples, data, "shard-1.tar", open_reader=reader and (lambda: reader))
     python = _members.SampleMaker(samples, data, "shard-1.tar")
     python.compiled = False
     assert compiled.compiled
@@ -138,12 +140,30 @@ def test_small_members_in_order_are_read_in_spans_scattered_ones_through_the_map
     shuffled = list(fastloader.WebDataset(paths, shuffle=True, seed=0))
     assert spans == [] and sorted(s["__key__"] for s in shuffled) == sorted(s["__key__"] for s in in_order)
     assert {s["__key__"]: s for s in shuffled} == {s["__key__"]: s for s in in_order}
+    # in order, but every 2nd sample (two partitions): still spans; every 8th: the mapping
+    for world, want_spans in ((2, True), (8, False)):
+        spans.clear()
+        share = list(fastloader.WebDataset(paths, shard_shuffle=False, rank=1, world_size=world))
+        assert share == in_order[1::world] and bool(spans) == want_spans, world
+
+
+def test_span_readers_are_few(tmp_path, monkeypatch):
+    from _shard_data import make_samples, write_with_webdataset
+
+    import fastloader
+    from fastloader.shards import dataset
+
+    monkeypatch.setattr(dataset, "MAX_SPAN_READERS", 2)
+    samples = make_samples(60, seed=3)
+    ds = fastloader.WebDataset(write_with_webdataset(tmp_path, samples, per_shard=10), shard_shuffle=False)
+    assert [s["__key__"] for s in ds] == [s["__key__"] for s in samples]
+    assert len(ds._open) == 6 and sum(m.reader is not None for m in ds._open.values()) == 2
 
 
 def test_a_span_cut_short_names_the_shard_and_offset(tmp_path):
     samples, data = _samples(["a.x", "b.x", "c.x"], [10, 500, 10], keys_as_table=True)
     shard = _pread_shard(tmp_path, data)
-    maker = _members.SampleMaker(samples, mmap.mmap(-1, len(data)), shard.url, reader=shard)
+    maker = _members.SampleMaker(samples, mmap.mmap(-1, len(data)), shard.url, open_reader=lambda: shard)
     os.truncate(shard.url[len("file://"):], int(samples.offset[1]) + 100)
     with pytest.raises(ShardError, match="shorter than its index") as err:
         maker.make_many(np.array([0, 1, 2]))
