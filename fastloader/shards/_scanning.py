@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._heap import keep_freed_memory
 from . import _members, _tar
 
 BLOCK = 512
@@ -122,6 +123,7 @@ def stream_samples(url: str, chunks: Iterator[memoryview], max_member_size: int
     """Scans a shard as it streams in. Yields (samples, buffer) with offsets into buffer,
     and Damage, in archive order. A sample is only yielded once the next one has begun (or
     the archive ended), so a chunk boundary never cuts it."""
+    keep_freed_memory()  # buffers of chunk_size, made and freed chunk after chunk: ~2.5x faster
     pending = bytearray()  # archive bytes [base, base + len(pending)); replaced, never resized
     base = 0
     scan_from = 0          # archive offset where scanning goes on
