@@ -1,6 +1,7 @@
 """Shard URLs: brace patterns, globs, local paths, file://, fsspec schemes and pipe:."""
 from __future__ import annotations
 
+import fcntl
 import glob
 import gzip
 import os
@@ -11,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from ..errors import ShardError
 
 _PIECE = 64 << 10
+_PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
@@ -115,6 +117,10 @@ class _PipeStream:
     def __init__(self, command: str, url: str):
         self.url = url
         self.proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, bufsize=0)
+        try:  # a larger pipe: the command and the reader take turns 16x less often
+            fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        except (OSError, AttributeError):  # over /proc/sys/fs/pipe-max-size, or not Linux
+            pass
 
     def readinto(self, b) -> int:
         return self.proc.stdout.readinto(b)
