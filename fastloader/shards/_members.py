@@ -120,8 +120,7 @@ def _worth_a_span(off: np.ndarray, end: np.ndarray) -> tuple[int, int] | None:
     span: that costs less than a process's first touch of a mapping (a page fault per 64
     KiB, each page mapped: 256 MB took 30-42 ms so, 23 ms by pread), and the samples are
     copied out of a buffer still in cache. Not for large members (a pread each, noted for
-    `_origins`) nor scattered ones (a global shuffle: a mapping pays for each page once,
-    a span would be read again for every chunk)."""
+    `_origins`) nor members far apart (a shard shared by many loader partitions)."""
     if not len(off):
         return None
     sizes = end - off

@@ -306,8 +306,9 @@ class WebDataset(IterableDataset):
             path = indexable_path(url)
             mapped = self.views or not _members.large_samples(samples)
             data = _local.open_shard(path, url, mapped)
-            # small members: mapped for scattered reads, and read in spans where in order
-            spans = mapped and not self.views and len(data) > 0
+            # small members: mapped, and also read in spans where a shard is read in order (not
+            # in a global shuffle: there the mapping pays for each page once, a span every time)
+            spans = mapped and not self.views and len(data) > 0 and not (self.indexed and self.shuffle)
             maker = _members.SampleMaker(samples, data, url, self.views,
                                          functools.partial(self._span_reader, shard, path, url) if spans else None)
             self._open[shard] = maker

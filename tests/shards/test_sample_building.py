@@ -140,6 +140,9 @@ def test_small_members_in_order_are_read_in_spans_scattered_ones_through_the_map
     shuffled = list(fastloader.WebDataset(paths, shuffle=True, seed=0))
     assert spans == [] and sorted(s["__key__"] for s in shuffled) == sorted(s["__key__"] for s in in_order)
     assert {s["__key__"]: s for s in shuffled} == {s["__key__"]: s for s in in_order}
+    many = write_with_webdataset(tmp_path / "many", samples[:600], per_shard=10)  # a sample or two per shard a chunk
+    spans.clear()
+    assert len(list(fastloader.WebDataset(many, shuffle=True, seed=0))) == 600 and spans == []
     # in order, but every 2nd sample (two partitions): still spans; every 8th: the mapping
     for world, want_spans in ((2, True), (8, False)):
         spans.clear()
