@@ -584,13 +584,13 @@ class WebDataset(IterableDataset):
 
 class _Samples:
     """The samples of one pass: iterated one at a time, or `take(n)` for a batch at once
-    (fastloader's DataLoader asks for batches so), which from indexed shards hands out
-    slices of the chunks built in C++, with no Python step per sample.
+    (fastloader's DataLoader asks for batches so), which hands out slices of the chunks
+    built in C++, with no Python step per sample.
 
     `p.consumed` counts the positions of the partition's stream taken (delivered, or,
-    from indexed shards, bad and skipped); an epoch_size quota counts them too. A resumed pass starts past
-    the `plan.skip` positions delivered before the stop: indexed shards do not read them
-    again, a stream reads and drops them."""
+    from indexed shards, bad and skipped); an epoch_size quota counts them too. A resumed
+    pass starts past the `plan.skip` positions delivered before the stop: indexed shards
+    do not read them again, a stream reads and drops them."""
 
     def __init__(self, ds: WebDataset, p: _Pass) -> None:
         self._ds, self._p = ds, p
