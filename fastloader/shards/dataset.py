@@ -310,21 +310,18 @@ class WebDataset(IterableDataset):
             # in a global shuffle: there the mapping pays for each page once, a span every time)
             spans = mapped and not self.views and len(data) > 0 and not (self.indexed and self.shuffle)
             maker = _members.SampleMaker(samples, data, url, self.views,
-                                         functools.partial(self._span_reader, shard, path, url) if spans else None)
+                                         functools.partial(_local.open_shard, path, url, False) if spans else None)
             self._open[shard] = maker
         else:
             self._open.move_to_end(shard)
+        if maker.open_reader is not None:  # span readers: only the most recently used shards keep one
+            self._readers[shard] = None
+            self._readers.move_to_end(shard)
+            while len(self._readers) > MAX_SPAN_READERS:
+                old = self._open.get(self._readers.popitem(last=False)[0])
+                if old is not None:
+                    old.reader = None
         return maker
-
-    def _span_reader(self, shard: int, path: str, url: str) -> _local.PreadShard:
-        """A descriptor for a mapped shard's span reads; the few most recent are kept."""
-        self._readers[shard] = None
-        self._readers.move_to_end(shard)
-        while len(self._readers) > MAX_SPAN_READERS:
-            old = self._open.get(self._readers.popitem(last=False)[0])
-            if old is not None:
-                old.reader = None
-        return _local.open_shard(path, url, False)
 
     def _load_indexes(self, p: _Pass) -> np.ndarray:
         """Sample counts of every shard; damage is counted by the partition owning the shard."""
