@@ -33,6 +33,7 @@ from .loader import _tree_cpu
 
 SETS = {"small": (100_000, 1_000), "large": (12_000, 100_000)}
 PIPE = "-pipe"  # a set name ending so: its shards read as `pipe:cat` streams
+DEFAULT_SETS = (*SETS, "small" + PIPE)
 SHARDS_PER_SET = 12
 BATCH = 64
 
@@ -107,7 +108,7 @@ def measure(impl: str, name: str, workers: int) -> dict:
             "mb_per_cpu_s": nbytes / cpu / 1e6 if cpu > 0 else float("nan")}
 
 
-def run(repeats: int = 3, sets=(*SETS, "small" + PIPE), workers=(1, 2), in_process: bool = True) -> list[dict]:
+def run(repeats: int = 3, sets=DEFAULT_SETS, workers=(1, 2), in_process: bool = True) -> list[dict]:
     configs = [(name, w) for name in sets for w in ((0,) if in_process else ()) + tuple(workers)]
     for name in sets:
         ensure_shards(name.removesuffix(PIPE))
@@ -144,7 +145,7 @@ def run(repeats: int = 3, sets=(*SETS, "small" + PIPE), workers=(1, 2), in_proce
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sets", default=",".join((*SETS, "small" + PIPE)))
+    parser.add_argument("--sets", default=",".join(DEFAULT_SETS))
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "SET", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
