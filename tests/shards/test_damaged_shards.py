@@ -191,13 +191,27 @@ def test_errors_cross_from_loader_workers_with_the_shard_named(shard_set):
     assert loader.stats()["dataset"]["failures"] == 1
 
 
+def _contents(samples):
+    """Samples as comparable values: key and members, without the URL they came from."""
+    return [
+        (s["__key__"], sorted((k, bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else v)
+                              for k, v in s.items() if k != "__url__"))
+        for s in samples
+    ]
+
+
 def test_randomly_damaged_tars_never_crash(tmp_path):
+    """Random byte damage and truncation: never a crash; the indexed and the streamed
+    reader agree sample for sample and on the failure count; a strict read gives exactly
+    what the skipping read gives when that skipped nothing, else a ShardError naming the
+    shard."""
     samples = make_samples(12, seed=3)
     path = write_with_webdataset(tmp_path, samples, per_shard=100)[0]
     with open(path, "rb") as f:
         clean = f.read()
     rng = np.random.default_rng(0)
     fs = fsspec.filesystem("memory")
+    strict_reads = 0
     for trial in range(150):
         blob = bytearray(clean)
         for _ in range(int(rng.integers(1, 20))):
@@ -207,13 +221,21 @@ def test_randomly_damaged_tars_never_crash(tmp_path):
         with open(path, "wb") as f:
             f.write(blob)
         fs.pipe("/fuzz.tar", bytes(blob))
+        results = []
         for url in (path, "memory://fuzz.tar"):
             got, stats = _read(url, on_error="skip", max_failures=10**6, index_dir=False, chunk_size=1024)
             assert all(isinstance(s["__key__"], str) for s in got)
+            results.append((_contents(got), stats["failures"]))
             try:
-                _read(url, index_dir=False)
-            except fastloader.ShardError:
-                pass
+                strict, _ = _read(url, index_dir=False)
+            except fastloader.ShardError as e:
+                assert os.path.basename(url) in str(e), (trial, url, str(e))
+                assert stats["failures"] > 0, (trial, url, str(e))
+            else:
+                strict_reads += 1
+                assert _contents(strict) == results[-1][0] and stats["failures"] == 0, (trial, url)
+        assert results[0] == results[1], trial
+    assert 0 < strict_reads < 300  # both outcomes were exercised
 
 
 def test_bad_arguments():
