@@ -276,10 +276,14 @@ static void rgb_rows(const uint8_t* src, size_t src_stride, int rows, const Resa
       const TapPairs* kk = pairs + size_t(x / 2) * pairs_per_x;
       const uint8_t* s0 = in + size_t(first[x]) * 3;
       const uint8_t* s1 = in + size_t(first[x + 1]) * 3;
-      if (std::max(first[x], first[x + 1]) <= limit)
+      if (std::max(first[x], first[x + 1]) <= limit) {
         store_pair(rgb_pair_sums<kPairs>(s0, s1, kk, pairs_per_x), out + x * 3);
-      else
-        store_pair(rgb_pair_sums<0>(s0, s1, kk, (std::max(taps[x], taps[x + 1]) + 1) / 2), out + x * 3);
+      } else {
+        // Each pixel with its own taps: a pair shares one tap count, and the larger
+        // one, from the other pixel's start, can reach well past the row's spare bytes.
+        rgb_pixel(s0, &ax.coeffs[size_t(x) * ax.ksize], taps[x], out + x * 3);
+        rgb_pixel(s1, &ax.coeffs[size_t(x + 1) * ax.ksize], taps[x + 1], out + (x + 1) * 3);
+      }
     }
     if (x < out_w)  // odd width: the last pixel alone
       rgb_pixel(in + size_t(first[x]) * 3, &ax.coeffs[size_t(x) * ax.ksize], taps[x], out + x * 3);
