@@ -562,7 +562,8 @@ py::object stack_plain(py::handle batch, std::optional<torch::Tensor> out, int f
   }
   auto* dst = static_cast<uint8_t*>(result.data_ptr());
   if (!large) {
-    for (size_t i = 0; i < n; ++i) std::memcpy(dst + i * bytes, sources[i], bytes);
+    if (bytes)  // empty items may have no storage: memcpy takes no null pointer, even for 0 bytes
+      for (size_t i = 0; i < n; ++i) std::memcpy(dst + i * bytes, sources[i], bytes);
     return py::cast(result);
   }
   // Large: over torch's intra-op threads (as torch.stack copies), the GIL let go.
