@@ -1,5 +1,6 @@
 """Builds fastloader._C: a CppExtension always; CUDA sources only when the installed torch
-has CUDA and nvcc is found (FASTLOADER_FORCE_CPU=1 turns them off)."""
+has CUDA and nvcc is found (FASTLOADER_FORCE_CPU=1 turns them off). FASTLOADER_SANITIZE=1
+builds it with AddressSanitizer and UBSan (see .ci/sanitize)."""
 import glob
 import os
 import shutil
@@ -34,10 +35,15 @@ def simd_flags() -> list[str]:
 
 sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
 cu = cuda_sources()
-cxx_flags = ["-O3", "-std=c++20", "-Wall", "-Wno-unknown-pragmas", *simd_flags()]
+# FASTLOADER_SANITIZE=1: an AddressSanitizer + UBSan build, for .ci/sanitize.
+sanitize = os.environ.get("FASTLOADER_SANITIZE") == "1"
+sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+cxx_flags = ["-O1" if sanitize else "-O3", "-std=c++20", "-Wall", "-Wno-unknown-pragmas", *simd_flags(),
+             *(sanitizers if sanitize else [])]
 common = dict(
     name="fastloader._C",
     libraries=["jpeg"],
+    extra_link_args=["-fsanitize=address,undefined"] if sanitize else [],
 )
 if cu:
     ext = cpp_extension.CUDAExtension(

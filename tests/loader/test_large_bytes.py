@@ -16,6 +16,12 @@ from fastloader import _heap, _origins, _shm
 from fastloader.errors import ShardError
 from fastloader.shards import _local
 
+# Tests of glibc's heap behaviour: not where AddressSanitizer's allocator replaces it (.ci/sanitize).
+glibc_malloc = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or "libasan" in os.environ.get("LD_PRELOAD", ""), reason="glibc's malloc"
+)
+
+
 @pytest.fixture(autouse=True)
 def fresh_origins(monkeypatch):
     """Origins as in a new worker process (noting on), restored afterwards."""
@@ -239,7 +245,7 @@ print(heap_kept_after_a_batch())
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@glibc_malloc
 def test_the_heap_keeps_a_freed_batch_for_the_next_one():
     def kept(mode):
         out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode, _heap.__file__], capture_output=True,
@@ -288,7 +294,7 @@ def _loader_heap_probe(kind: str, workers: int, env: dict | None = None) -> tupl
     return before, during, huge
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@glibc_malloc
 def test_worker_processes_keep_a_freed_batch_for_the_next_one():
     """A dataset's per-sample arrays freed after each batch stay in a worker's heap, where
     glibc would give them back and every later batch would fault each page in again."""
@@ -297,7 +303,7 @@ def test_worker_processes_keep_a_freed_batch_for_the_next_one():
     assert len(in_worker) == 4 and max(in_worker[2:]) < 50  # no new pages once the heap has grown
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@glibc_malloc
 @pytest.mark.parametrize("kind, workers", [("process", 0), ("thread", 1)])
 def test_fetching_in_the_main_process_keeps_a_freed_batch_for_the_next_one(kind, workers):
     before, during, _ = _loader_heap_probe(kind, workers)
@@ -305,7 +311,7 @@ def test_fetching_in_the_main_process_keeps_a_freed_batch_for_the_next_one(kind,
     assert len(during) == 4 and max(during[2:]) < 50  # no new pages once the heap has grown
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@glibc_malloc
 def test_torch_loader_leaves_the_heap_as_it_is():
     """The reference for the tests above: the same batches fault in again under torch."""
     _, during, huge = _loader_heap_probe("torch", 0)
@@ -320,6 +326,7 @@ def _thp_mode() -> str:
         return "never"
 
 
+@glibc_malloc
 @pytest.mark.skipif(_thp_mode() != "madvise", reason="transparent huge pages not in madvise mode")
 def test_worker_processes_back_their_heap_with_huge_pages():
     """The first batches of large arrays fault in 2 MiB at a time (only where asked for,
