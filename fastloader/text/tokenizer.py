@@ -193,7 +193,9 @@ def pad_ragged(ids: torch.Tensor, types: torch.Tensor, offsets: torch.Tensor, wi
     lengths = offsets.diff()
     n = len(lengths)
     if n and int(lengths.max()) > width:
-        raise ValueError(f"an item has {int(lengths.max())} tokens, more than the padded length {width}")
+        i = int((lengths > width).nonzero()[0])
+        raise ValueError(f"item {i} has {int(lengths[i])} tokens, more than the padded length {width} (truncate "
+                         "to max_length, which must leave room for the special tokens)")
     mask = padding_mask(lengths, width)
     return {"input_ids": scatter_padded(ids, mask, pad_id), "token_type_ids": scatter_padded(types, mask, 0),
             "attention_mask": mask.long()}

@@ -131,6 +131,19 @@ def test_bad_input_names_the_item_or_file(tmp_path):
         tok.encode_batch(["x"], truncation="sideways")
 
 
+def test_padding_narrower_than_an_item_names_the_item():
+    tok = WordPieceTokenizer.from_pretrained(MODEL_DIR)
+    with pytest.raises(ValueError, match="item 1 has 5 tokens, more than the padded length 4"):
+        tok.encode_batch(["ok", "a first text"], padding="max_length", max_length=4)
+    # max_length=1 leaves no room for [CLS] and [SEP]: HF keeps the items whole, and cannot
+    # make them one tensor either
+    with pytest.raises(ValueError, match="item 0 has 3 tokens, more than the padded length 1"):
+        tok.encode_batch(["ok", "a first text"], padding="max_length", max_length=1, truncation=True)
+    with pytest.raises(ValueError):
+        with_warnings_quiet(_hf())(["ok", "a first text"], padding="max_length", max_length=1, truncation=True,
+                                   return_tensors="pt")
+
+
 def test_every_code_point_between_letters_as_hf():
     texts = [f"a{chr(cp)}b" for cp in range(1, 0x30000) if not 0xD800 <= cp <= 0xDFFF]
     texts += [f"A{chr(cp)}\u0301X" for cp in range(0x80, 0x3000)]  # next to a combining mark
