@@ -138,8 +138,11 @@ class LoaderIterator:
             self._sampler_iter = batch_indices(self._loader._index_sampler)
             self._set_rng(restore["pull_rng"])  # ... or on their first next()
             self._pull_rng = restore["pull_rng"]
-            for _ in range(restore["yielded_prefix"]):
-                self._pull_index()
+            for done in range(restore["yielded_prefix"]):
+                try:
+                    self._pull_index()
+                except StopIteration:
+                    raise ValueError(_past_the_end(restore["yielded_prefix"], done)) from None
             try:  # a lazy sampler's first draw happens here, inside the saved state
                 self._peeked = self._pull_index()
             except StopIteration:
@@ -465,6 +468,7 @@ class LoaderIterator:
             "yielded_prefix": self._done_prefix,
             "yielded_extra": sorted(self._done_extra),
             "num_yielded": self._num_yielded,
+            "batch_size": self._loader.batch_size,
             "cycle": self._cycle_after if self._in_order else 0,
             "workers": workers,
         }
@@ -503,12 +507,30 @@ class LoaderIterator:
             pass
 
 
+def _past_the_end(position: int, epoch: int) -> str:
+    return (f"DataLoader state is {position} batches into its epoch, and this loader's epoch has {epoch}: "
+            "it was saved for another dataset or sampler")
+
+
 def _checked_restore(state: dict, loader) -> dict:
+    if not isinstance(state, dict):
+        raise TypeError(f"load_state_dict takes the dict state_dict() returned, got {type(state).__name__}")
     state = dict(state)
     if state.get("version") != STATE_VERSION:
         raise ValueError(f"unsupported DataLoader state version {state.get('version')!r}")
     if state["dataset_kind"] != loader._dataset_kind:
         raise ValueError("DataLoader state was saved for a different kind of dataset")
+    saved_batch = state.get("batch_size", loader.batch_size)  # (states from before it was kept)
+    if saved_batch != loader.batch_size:
+        raise ValueError(f"DataLoader state was saved with batch_size={saved_batch}, this loader has "
+                         f"batch_size={loader.batch_size}: its position counts batches")
+    if state["dataset_kind"] == _DatasetKind.Map:
+        try:
+            epoch = len(loader)
+        except TypeError:  # a sampler without len(): checked while fast-forwarding
+            epoch = None
+        if epoch is not None and state["yielded_prefix"] > epoch:
+            raise ValueError(_past_the_end(state["yielded_prefix"], epoch))
     same_workers = state["num_workers"] == loader.num_workers
     merged = state.get("dataset") if state["dataset_kind"] == _DatasetKind.Iterable else None
     if merged:  # one state for all workers (see DataLoader.state_dict): any num_workers
