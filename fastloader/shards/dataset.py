@@ -510,6 +510,7 @@ class WebDataset(IterableDataset):
             "mode": "indexed" if self.indexed else "streamed",
             "epoch": plan.epoch,
             "seed": self.seed,
+            "shards": len(self.urls),
             "world_size": plan.world_size,
             "num_workers": plan.num_workers,
             "ranks": [plan.rank],
@@ -520,12 +521,18 @@ class WebDataset(IterableDataset):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next iteration resumes from `state` (one worker's, or several merged)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"load_state_dict takes the dict state_dict() returned, got {type(state).__name__}")
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported WebDataset state version {state.get('version')!r}")
         mode = "indexed" if self.indexed else "streamed"
         if state["mode"] != mode or state["seed"] != self.seed:
             raise ValueError(f"this state was saved by a different WebDataset ({state['mode']}, seed "
                              f"{state['seed']}; this one is {mode}, seed {self.seed})")
+        saved_shards = state.get("shards", len(self.urls))  # (states from before it was kept)
+        if saved_shards != len(self.urls):
+            raise ValueError(f"this state was saved for {saved_shards} shards and this WebDataset has "
+                             f"{len(self.urls)}: the epoch's order, and so the position, differ")
         self._restore = state  # its epoch is that of the resumed pass only
         self._pass = None
 
@@ -540,10 +547,10 @@ class WebDataset(IterableDataset):
         depth = max(len(s["layers"]) for s in states)
         states = [s for s in states if len(s["layers"]) == depth]
         head = states[0]
-        same = ("version", "mode", "epoch", "seed", "world_size", "num_workers", "layers")
+        same = ("version", "mode", "epoch", "seed", "shards", "world_size", "num_workers", "layers")
         for s in states[1:]:
             for key in same:
-                if s[key] != head[key]:
+                if s.get(key) != head.get(key):
                     raise ValueError(f"cannot merge WebDataset states that differ in {key!r}")
         consumed: dict[int, int] = {}
         for s in states:

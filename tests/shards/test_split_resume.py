@@ -243,6 +243,24 @@ def test_a_partial_state_cannot_resume_another_topology(shards):
         list(other)
 
 
+@pytest.mark.parametrize("mode", ["indexed", "streamed"])
+def test_a_state_for_another_shard_list_is_refused(shards, mode):
+    _, urls = shards
+    ds = fastloader.WebDataset(urls[mode], shuffle=10, seed=3)
+    it = iter(ds)
+    for _ in range(25):
+        next(it)
+    state = ds.state_dict()
+    fewer = fastloader.WebDataset(urls[mode][:5], shuffle=10, seed=3)
+    with pytest.raises(ValueError, match="saved for 8 shards and this WebDataset has 5"):
+        fewer.load_state_dict(state)
+    with pytest.raises(TypeError, match="takes the dict state_dict"):
+        fewer.load_state_dict([state])
+    moved = fastloader.WebDataset(list(urls[mode]), shuffle=10, seed=3)  # same shards, a new list
+    moved.load_state_dict(state)
+    assert len(list(moved)) == N - 25
+
+
 @pytest.mark.parametrize("worker_type", ["process", "thread"])
 @pytest.mark.parametrize("loader_cls", ["fastloader", "torch"])
 def test_set_epoch_reaches_persistent_workers(shards, worker_type, loader_cls):
