@@ -513,24 +513,20 @@ def _past_the_end(position: int, epoch: int) -> str:
 
 
 def _checked_restore(state: dict, loader) -> dict:
-    if not isinstance(state, dict):
-        raise TypeError(f"load_state_dict takes the dict state_dict() returned, got {type(state).__name__}")
     state = dict(state)
     if state.get("version") != STATE_VERSION:
         raise ValueError(f"unsupported DataLoader state version {state.get('version')!r}")
     if state["dataset_kind"] != loader._dataset_kind:
         raise ValueError("DataLoader state was saved for a different kind of dataset")
+    # A position in batches (not one a dataset keeps itself, in samples) needs the same
+    # batch_size. (An epoch too short for it is found while fast-forwarding: len() of a
+    # sampler may be an estimate.)
+    counts_batches = state["dataset_kind"] == _DatasetKind.Map or not (
+        state.get("dataset") or any("dataset" in w for w in state["workers"]))
     saved_batch = state.get("batch_size", loader.batch_size)  # (states from before it was kept)
-    if saved_batch != loader.batch_size:
+    if counts_batches and saved_batch != loader.batch_size:
         raise ValueError(f"DataLoader state was saved with batch_size={saved_batch}, this loader has "
                          f"batch_size={loader.batch_size}: its position counts batches")
-    if state["dataset_kind"] == _DatasetKind.Map:
-        try:
-            epoch = len(loader)
-        except TypeError:  # a sampler without len(): checked while fast-forwarding
-            epoch = None
-        if epoch is not None and state["yielded_prefix"] > epoch:
-            raise ValueError(_past_the_end(state["yielded_prefix"], epoch))
     same_workers = state["num_workers"] == loader.num_workers
     merged = state.get("dataset") if state["dataset_kind"] == _DatasetKind.Iterable else None
     if merged:  # one state for all workers (see DataLoader.state_dict): any num_workers

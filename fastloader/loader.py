@@ -158,6 +158,8 @@ class DataLoader(tud.DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next `iter(loader)` resumes from `state` (an empty dict: from the start)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"load_state_dict takes the dict state_dict() returned, got {type(state).__name__}")
         checked = _checked_restore(state, self) if state else None  # fail here, not in iter()
         if self._iterator is not None:  # persistent workers restart from the state
             self._iterator._shutdown()
