@@ -533,7 +533,8 @@ class WebDataset(IterableDataset):
         if saved_shards != len(self.urls):
             raise ValueError(f"this state was saved for {saved_shards} shards and this WebDataset has "
                              f"{len(self.urls)}: the epoch's order, and so the position, differ")
-        self._restore = state  # its epoch is that of the resumed pass only
+        # (with the shard count, so that it merges with the states of workers that moved on)
+        self._restore = dict(state, shards=saved_shards)  # its epoch is that of the resumed pass only
         self._pass = None
 
     @staticmethod

@@ -244,7 +244,7 @@ def test_a_partial_state_cannot_resume_another_topology(shards):
 
 
 @pytest.mark.parametrize("mode", ["indexed", "streamed"])
-def test_a_state_for_another_shard_list_is_refused(shards, mode):
+def test_a_state_for_another_shard_list_is_refused(shards, mode, tmp_path):
     _, urls = shards
     ds = fastloader.WebDataset(urls[mode], shuffle=10, seed=3)
     it = iter(ds)
@@ -256,9 +256,30 @@ def test_a_state_for_another_shard_list_is_refused(shards, mode):
         fewer.load_state_dict(state)
     with pytest.raises(TypeError, match="takes the dict state_dict"):
         fewer.load_state_dict([state])
-    moved = fastloader.WebDataset(list(urls[mode]), shuffle=10, seed=3)  # same shards, a new list
+    fs = fsspec.filesystem("memory")
+    moved_urls = []  # the same shards elsewhere
+    for i, url in enumerate(urls[mode]):
+        with fsspec.open(url, "rb") as f:
+            data = f.read()
+        if mode == "indexed":
+            (tmp_path / f"moved-{i}.tar").write_bytes(data)
+            moved_urls.append(str(tmp_path / f"moved-{i}.tar"))
+        else:
+            fs.pipe(f"/moved/{i}.tar", data)
+            moved_urls.append(f"memory://moved/{i}.tar")
+    moved = fastloader.WebDataset(moved_urls, shuffle=10, seed=3)
     moved.load_state_dict(state)
     assert len(list(moved)) == N - 25
+
+    # a state saved before the shard count was kept still resumes, and its workers' states
+    # merge with those of workers that moved on
+    old = {k: v for k, v in state.items() if k != "shards"}
+    waiting, moving = (fastloader.WebDataset(urls[mode], shuffle=10, seed=3) for _ in range(2))
+    waiting.load_state_dict(old)
+    moving.load_state_dict(old)
+    next(iter(moving))
+    merged = fastloader.WebDataset.merge_worker_states([waiting.state_dict(), moving.state_dict()])
+    assert merged["shards"] == 8
 
 
 @pytest.mark.parametrize("worker_type", ["process", "thread"])
