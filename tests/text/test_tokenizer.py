@@ -139,7 +139,7 @@ def test_padding_narrower_than_an_item_names_the_item():
     # make them one tensor either
     with pytest.raises(ValueError, match="item 0 has 3 tokens, more than the padded length 1"):
         tok.encode_batch(["ok", "a first text"], padding="max_length", max_length=1, truncation=True)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Unable to create tensor"):
         with_warnings_quiet(_hf())(["ok", "a first text"], padding="max_length", max_length=1, truncation=True,
                                    return_tensors="pt")
 
