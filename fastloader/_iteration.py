@@ -142,7 +142,9 @@ class LoaderIterator:
                 try:
                     self._pull_index()
                 except StopIteration:
-                    raise ValueError(_past_the_end(restore["yielded_prefix"], done)) from None
+                    raise ValueError(f"DataLoader state is {restore['yielded_prefix']} batches into its epoch, "
+                                     f"and this loader's epoch has {done}: it was saved for another dataset "
+                                     "or sampler") from None
             try:  # a lazy sampler's first draw happens here, inside the saved state
                 self._peeked = self._pull_index()
             except StopIteration:
@@ -507,11 +509,6 @@ class LoaderIterator:
             pass
 
 
-def _past_the_end(position: int, epoch: int) -> str:
-    return (f"DataLoader state is {position} batches into its epoch, and this loader's epoch has {epoch}: "
-            "it was saved for another dataset or sampler")
-
-
 def _checked_restore(state: dict, loader) -> dict:
     state = dict(state)
     if state.get("version") != STATE_VERSION:
@@ -519,8 +516,8 @@ def _checked_restore(state: dict, loader) -> dict:
     if state["dataset_kind"] != loader._dataset_kind:
         raise ValueError("DataLoader state was saved for a different kind of dataset")
     # A position in batches (not one a dataset keeps itself, in samples) needs the same
-    # batch_size. (An epoch too short for it is found while fast-forwarding: len() of a
-    # sampler may be an estimate.)
+    # batch_size. (An epoch too short for it is found in _fast_forward: len() of a sampler
+    # may be an estimate.)
     counts_batches = state["dataset_kind"] == _DatasetKind.Map or not (
         state.get("dataset") or any("dataset" in w for w in state["workers"]))
     saved_batch = state.get("batch_size", loader.batch_size)  # (states from before it was kept)

@@ -1,6 +1,14 @@
 """Typed errors that name the sample they came from."""
 from __future__ import annotations
 
+from typing import Any
+
+
+def check_state_type(state: Any) -> None:
+    """load_state_dict's argument must be a dict from state_dict() (a checkpoint's)."""
+    if not isinstance(state, dict):
+        raise TypeError(f"load_state_dict takes the dict state_dict() returned, got {type(state).__name__}")
+
 
 class DecodeError(ValueError):
     """An image could not be decoded: corrupt, truncated, too large or of the wrong type.

@@ -19,6 +19,7 @@ from torch.utils.data.datapipes.datapipe import IterDataPipe, MapDataPipe
 from . import _collate_hook, _worker_info
 from ._device import DevicePrefetcher
 from ._iteration import LoaderIterator, _checked_restore
+from .errors import check_state_type
 
 _collate_hook.install()
 _worker_info.install()
@@ -158,8 +159,7 @@ class DataLoader(tud.DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next `iter(loader)` resumes from `state` (an empty dict: from the start)."""
-        if not isinstance(state, dict):
-            raise TypeError(f"load_state_dict takes the dict state_dict() returned, got {type(state).__name__}")
+        check_state_type(state)
         checked = _checked_restore(state, self) if state else None  # fail here, not in iter()
         if self._iterator is not None:  # persistent workers restart from the state
             self._iterator._shutdown()

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from .._worker_info import get_worker_info
-from ..errors import ShardError
+from ..errors import ShardError, check_state_type
 from . import _index, _local, _members, _scanning, _tar, partition
 from .urls import expand_urls, indexable_path, open_stream, read_chunks
 
@@ -521,8 +521,7 @@ class WebDataset(IterableDataset):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next iteration resumes from `state` (one worker's, or several merged)."""
-        if not isinstance(state, dict):
-            raise TypeError(f"load_state_dict takes the dict state_dict() returned, got {type(state).__name__}")
+        check_state_type(state)
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported WebDataset state version {state.get('version')!r}")
         mode = "indexed" if self.indexed else "streamed"

@@ -50,3 +50,8 @@ def read_with_webdataset(urls) -> list[dict]:
 
 def keys(samples) -> list[str]:
     return [s["__key__"] for s in samples]
+
+
+def without_url(samples) -> list[dict]:
+    """Samples without the URL they came from: what two reads of the same shards share."""
+    return [{k: v for k, v in s.items() if k != "__url__"} for s in samples]

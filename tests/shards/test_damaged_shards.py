@@ -11,7 +11,7 @@ import pytest
 
 import fastloader
 
-from _shard_data import keys, make_samples, write_with_webdataset
+from _shard_data import keys, make_samples, without_url, write_with_webdataset
 
 MODES = ["indexed", "streamed"]
 
@@ -191,15 +191,6 @@ def test_errors_cross_from_loader_workers_with_the_shard_named(shard_set):
     assert loader.stats()["dataset"]["failures"] == 1
 
 
-def _contents(samples):
-    """Samples as comparable values: key and members, without the URL they came from."""
-    return [
-        (s["__key__"], sorted((k, bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else v)
-                              for k, v in s.items() if k != "__url__"))
-        for s in samples
-    ]
-
-
 def test_randomly_damaged_tars_never_crash(tmp_path):
     """Random byte damage and truncation: never a crash; the indexed and the streamed
     reader agree sample for sample and on the failure count; a strict read gives exactly
@@ -225,7 +216,7 @@ def test_randomly_damaged_tars_never_crash(tmp_path):
         for url in (path, "memory://fuzz.tar"):
             got, stats = _read(url, on_error="skip", max_failures=10**6, index_dir=False, chunk_size=1024)
             assert all(isinstance(s["__key__"], str) for s in got)
-            results.append((_contents(got), stats["failures"]))
+            results.append((without_url(got), stats["failures"]))
             try:
                 strict, _ = _read(url, index_dir=False)
             except fastloader.ShardError as e:
@@ -233,7 +224,7 @@ def test_randomly_damaged_tars_never_crash(tmp_path):
                 assert stats["failures"] > 0, (trial, url, str(e))
             else:
                 strict_reads += 1
-                assert _contents(strict) == results[-1][0] and stats["failures"] == 0, (trial, url)
+                assert without_url(strict) == results[-1][0] and stats["failures"] == 0, (trial, url)
         assert results[0] == results[1], trial
     assert 0 < strict_reads < 300  # both outcomes were exercised
 

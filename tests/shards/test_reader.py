@@ -13,7 +13,7 @@ import torch
 import fastloader
 from fastloader.shards import _index
 
-from _shard_data import keys, make_samples, read_with_webdataset, write_with_webdataset
+from _shard_data import keys, make_samples, read_with_webdataset, without_url, write_with_webdataset
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +23,12 @@ def ref_shards(tmp_path_factory):
     return samples, write_with_webdataset(d, samples, per_shard=50)
 
 
-def _plain(samples):
-    return [{k: v for k, v in s.items() if k != "__url__"} for s in samples]
-
-
 def test_shards_written_by_webdataset_read_identically(ref_shards):
     samples, paths = ref_shards
     ours = list(fastloader.WebDataset(paths, shard_shuffle=False))
     theirs = read_with_webdataset(paths)
     assert ours == theirs  # same keys, same bytes, same __url__
-    assert _plain(ours) == samples
+    assert without_url(ours) == samples
 
 
 def test_our_shards_read_identically_in_webdataset(tmp_path):
@@ -47,7 +43,7 @@ def test_our_shards_read_identically_in_webdataset(tmp_path):
     ours = list(fastloader.WebDataset(w.shards, shard_shuffle=False))
     assert ours == theirs
     assert theirs[9]["json"] == b'{"a": [1, 2]}'
-    assert _plain(theirs)[:9] == samples[:9] and keys(theirs) == keys(samples)
+    assert without_url(theirs)[:9] == samples[:9] and keys(theirs) == keys(samples)
 
 
 def test_url_forms_expand_to_the_same_shards(ref_shards, tmp_path):
@@ -57,7 +53,7 @@ def test_url_forms_expand_to_the_same_shards(ref_shards, tmp_path):
     for urls in (os.path.join(d, "ref-{000000..000004}.tar"), os.path.join(d, "ref-*.tar"),
                  ["file://" + p for p in paths], "::".join(paths)):
         got = list(fastloader.WebDataset(urls, shard_shuffle=False))
-        assert keys(got) == keys(want) and _plain(got) == _plain(want), urls
+        assert keys(got) == keys(want) and without_url(got) == without_url(want), urls
     with pytest.raises(fastloader.ShardError, match="no file matches"):
         fastloader.WebDataset(os.path.join(d, "nothing-*.tar"))
 
@@ -72,7 +68,7 @@ def test_fsspec_urls_stream_through_the_scanner(ref_shards):
     ds = fastloader.WebDataset("memory://streamed/ref-{000000..000004}.tar", shard_shuffle=False, chunk_size=3000)
     assert not ds.indexed
     got = list(ds)
-    assert _plain(got) == _plain(want)
+    assert without_url(got) == without_url(want)
     assert got[0]["__url__"] == "memory://streamed/ref-000000.tar"
 
 
@@ -81,7 +77,7 @@ def test_pipe_urls_need_allow_pipe(ref_shards):
     with pytest.raises(fastloader.ShardError, match="allow_pipe"):
         fastloader.WebDataset(f"pipe:cat {paths[0]}")
     got = list(fastloader.WebDataset(f"pipe:cat {paths[0]}", allow_pipe=True))
-    assert _plain(got) == _plain(read_with_webdataset(paths[0]))
+    assert without_url(got) == without_url(read_with_webdataset(paths[0]))
 
 
 def test_index_is_cached_beside_the_shard_and_rebuilt_when_it_changes(tmp_path):
