@@ -117,6 +117,10 @@ TarScan scan_tar(const uint8_t* data, size_t len, uint64_t base, bool final,
   bool has_pax_size = false;
   size_t member_start = 0;
   bool in_member = false;
+  // gzip's magic where the first header should be: a compressed shard with a plain name
+  if (base == 0 && len >= 2 && data[0] == 0x1f && data[1] == 0x8b)
+    return fail(0, "not a tar file but gzip-compressed data: name it .tar.gz or .tgz to have it "
+                   "decompressed while read");
   while (true) {
     if (!in_member) member_start = pos;
     if (len - pos < kBlock) {

@@ -686,6 +686,11 @@ class _Samples:
             self._ended = True
             return False
 
+    def close(self) -> None:
+        """Ends the pass early, as a generator's close() does: the shard streams it holds
+        are closed now (a pipe: command killed), not when it is garbage collected."""
+        self._end()
+
     def _end(self) -> None:
         self._ended = True
         self._items, self._pos = [], 0

@@ -13,6 +13,8 @@ from ..errors import ShardError
 
 _PIECE = 64 << 10
 _PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size
+_GZIP_MAGIC = b"\x1f\x8b"
+_EXIT_WAIT_S = 10  # for a command whose output has ended, to exit
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
@@ -84,10 +86,71 @@ def expand_urls(urls: str | os.PathLike | Iterable[str | os.PathLike]) -> list[s
 
 
 def open_stream(url: str, allow_pipe: bool = False):
-    """A readable binary file object for any shard URL: a local file, a pipe: command,
-    another scheme through fsspec; gunzipped for .gz / .tgz."""
-    stream = _open_raw(url, allow_pipe)
-    return gzip.GzipFile(fileobj=stream, mode="rb") if is_compressed(url) else stream
+    """A readable binary stream (readinto, close) for any shard URL: a local file, a pipe:
+    command, another scheme through fsspec. Gunzipped when its bytes are gzip's, whatever
+    its name, as the webdataset library does."""
+    source = _Peeked(_open_raw(url, allow_pipe))
+    try:
+        gzipped = source.starts_with(_GZIP_MAGIC)
+    except BaseException:
+        source.close()
+        raise
+    return _Gunzipped(source) if gzipped else source
+
+
+class _Peeked:
+    """A raw stream whose first bytes can be looked at before they are read."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.head = b""
+
+    def starts_with(self, prefix: bytes) -> bool:
+        while len(self.head) < len(prefix):
+            buf = bytearray(len(prefix) - len(self.head))
+            got = self.raw.readinto(buf)
+            if not got:
+                break
+            self.head += buf[:got]
+        return self.head == prefix
+
+    def readinto(self, b) -> int:
+        if self.head:
+            n = min(len(b), len(self.head))
+            b[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        return self.raw.readinto(b)
+
+    def read(self, n: int = -1) -> bytes:  # what gzip reads through
+        if n is None or n < 0:
+            chunks = []
+            while chunk := self.read(_PIECE):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        buf = bytearray(n)
+        return bytes(buf[:self.readinto(buf) or 0])
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class _Gunzipped:
+    """The gunzipped bytes of a source; closing it closes the source too (GzipFile alone
+    leaves a file object it was given open)."""
+
+    def __init__(self, source: _Peeked):
+        self.source = source
+        self.gz = gzip.GzipFile(fileobj=source, mode="rb")
+
+    def readinto(self, b) -> int:
+        return self.gz.readinto(b)
+
+    def close(self) -> None:
+        try:
+            self.gz.close()
+        finally:
+            self.source.close()  # a pipe's exit status is checked here
 
 
 def _open_raw(url: str, allow_pipe: bool):
@@ -122,15 +185,29 @@ class _PipeStream:
         except (OSError, AttributeError):  # over /proc/sys/fs/pipe-max-size, or not Linux
             pass
 
+        self.ended = False  # its output was read to the end
+
     def readinto(self, b) -> int:
-        return self.proc.stdout.readinto(b)
+        got = self.proc.stdout.readinto(b)
+        self.ended = self.ended or (got == 0 and len(b) > 0)
+        return got
 
     def close(self) -> None:
+        # Output read to the end: the command is exiting, and its status counts (it may
+        # still be running for a moment after closing its output). Stopped earlier: the
+        # rest is not wanted, and the command is killed.
+        killed = False
+        if self.ended:
+            try:
+                self.proc.wait(timeout=_EXIT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                pass
         if self.proc.poll() is None:
             self.proc.kill()
+            killed = True
         self.proc.stdout.close()
         status = self.proc.wait()
-        if status not in (0, -9):
+        if status != 0 and not killed:
             raise ShardError(f"pipe command exited with status {status}", url=self.url)
 
 

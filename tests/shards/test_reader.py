@@ -2,8 +2,11 @@
 index cache, and use with fastloader's and torch's DataLoader."""
 from __future__ import annotations
 
+import gc
 import mmap
 import os
+import time
+import warnings
 
 import fsspec
 import numpy as np
@@ -191,13 +194,69 @@ def test_gzipped_shards_stream_like_webdataset_reads_them(ref_shards, tmp_path):
         gz.append(str(target))
     ds = fastloader.WebDataset(gz, shard_shuffle=False, chunk_size=4096)
     assert not ds.indexed
-    assert list(ds) == read_with_webdataset(gz)
+    with warnings.catch_warnings(record=True) as caught:  # each file closed, not left to gc
+        warnings.simplefilter("always", ResourceWarning)
+        assert list(ds) == read_with_webdataset(gz)
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
     with open(gz[1], "r+b") as f:  # a cut-off gzip stream is damage, not a crash
         f.truncate(os.path.getsize(gz[1]) // 2)
     with pytest.raises(fastloader.ShardError, match="read failed"):
         list(fastloader.WebDataset(gz, shard_shuffle=False))
     got = list(fastloader.WebDataset(gz, shard_shuffle=False, on_error="skip"))
     assert 50 < len(got) < 100
+
+
+def test_gzip_is_known_by_its_bytes_in_any_stream_as_webdataset_knows_it(ref_shards, tmp_path):
+    import gzip
+
+    _, paths = ref_shards
+    with open(paths[0], "rb") as f:
+        plain = f.read()
+    gz = tmp_path / "one.tar.gz"
+    gz.write_bytes(gzip.compress(plain))
+    fsspec.filesystem("memory").pipe("/gz-by-bytes/one.tar", gzip.compress(plain))
+    (tmp_path / "plain-named.tar.gz").write_bytes(plain)  # named .gz, but a plain tar
+    want = without_url(read_with_webdataset(paths[0]))
+    for url in [f"pipe:cat {gz}", f"pipe:cat {gz} | cat", "memory://gz-by-bytes/one.tar",
+                str(tmp_path / "plain-named.tar.gz")]:
+        assert without_url(fastloader.WebDataset(url, shard_shuffle=False, allow_pipe=True)) == want, url
+    assert without_url(read_with_webdataset(f"pipe:cat {gz} | cat")) == want
+
+
+def test_a_local_gzip_shard_with_a_plain_name_is_named_as_such(ref_shards, tmp_path):
+    import gzip
+
+    _, paths = ref_shards
+    with open(paths[0], "rb") as f:
+        (tmp_path / "packed.tar").write_bytes(gzip.compress(f.read()))
+    with pytest.raises(fastloader.ShardError, match=r"packed\.tar.*gzip-compressed.*name it \.tar\.gz"):
+        list(fastloader.WebDataset(str(tmp_path / "packed.tar")))
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_pipe_commands_exit_status_counts_once_its_output_has_ended(ref_shards, tmp_path, gzipped):
+    import gzip
+
+    _, paths = ref_shards
+    shard = paths[0]
+    if gzipped:
+        shard = str(tmp_path / "s.tar.gz")
+        with open(paths[0], "rb") as f, open(shard, "wb") as out:
+            out.write(gzip.compress(f.read()))
+    # The command closes its output, then fails: still running when the reader sees the
+    # end, it must be waited for, not killed and forgotten.
+    url = f"pipe:cat {shard}; exec 1>&-; sleep 0.3; exit 4"
+    with pytest.raises(fastloader.ShardError, match="exited with status 4"):
+        list(fastloader.WebDataset(url, allow_pipe=True))
+    # stopping early kills the command, which is no error
+    early = fastloader.WebDataset(f"pipe:cat {shard}; exec sleep 30", allow_pipe=True, chunk_size=4096)
+    started = time.monotonic()
+    it = iter(early)
+    first = next(it)
+    it.close()  # raises if the kill were taken for the command's failure
+    assert time.monotonic() - started < 10
+    assert first["__key__"] == read_with_webdataset(paths[0])[0]["__key__"]
 
 
 def test_index_rebuilt_for_another_member_limit_and_after_a_torn_write(tmp_path):
