@@ -10,31 +10,14 @@ import subprocess
 from collections.abc import Iterable, Iterator
 
 from ..errors import ShardError
+from ._braces import expand_braces
+from ._index import INDEX_SUFFIX
 
 _PIECE = 64 << 10
 _PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size
 _GZIP_MAGIC = b"\x1f\x8b"
+_NOT_SHARDS = (INDEX_SUFFIX, ".part")  # and ShardWriter's unfinished shards
 _EXIT_WAIT_S = 10  # for a command whose output has ended, to exit
-_BRACE = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """`a-{000..002}.tar` -> a-000.tar, a-001.tar, a-002.tar; `{x,y}` -> alternatives.
-    Numeric ranges keep the zero padding of their first bound."""
-    m = _BRACE.search(pattern)
-    if m is None:
-        return [pattern]
-    head, body, tail = pattern[:m.start()], m.group(1), pattern[m.end():]
-    r = _RANGE.match(body)
-    if r:
-        lo, hi = int(r.group(1)), int(r.group(2))
-        width = len(r.group(1)) if r.group(1).lstrip("-").startswith("0") else 0
-        step = 1 if hi >= lo else -1
-        choices = [f"{i:0{width}d}" for i in range(lo, hi + step, step)]
-    else:
-        choices = body.split(",")
-    return [head + c + rest for c in choices for rest in expand_braces(tail)]
 
 
 def scheme_of(url: str) -> str:
@@ -64,7 +47,9 @@ def indexable_path(url: str) -> str | None:
 
 def expand_urls(urls: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
     """A flat list of shard URLs from a pattern, a "::"-joined string or a list of them.
-    Local glob patterns (`*`, `?`, `[..]`) expand to the sorted matches."""
+    Local glob patterns (`*`, `?`, `[..]`) expand to the sorted matches. The index files
+    fastloader writes beside local shards are left out, named or matched, so that a list
+    made by a shell glob works on the second run as on the first."""
     if isinstance(urls, (str, os.PathLike)):
         items = str(urls).split("::")
     else:
@@ -74,11 +59,12 @@ def expand_urls(urls: str | os.PathLike | Iterable[str | os.PathLike]) -> list[s
         for url in expand_braces(item):
             path = local_path(url)
             if path is not None and glob.has_magic(path):
-                matches = sorted(glob.glob(path))
+                # not the files fastloader writes beside shards: indexes, unfinished shards
+                matches = sorted(m for m in glob.glob(path) if not m.endswith(_NOT_SHARDS))
                 if not matches:
                     raise ShardError("no file matches this pattern", url=url)
                 out.extend(matches)
-            else:
+            elif not (path is not None and path.endswith(INDEX_SUFFIX)):
                 out.append(url)
     if not out:
         raise ValueError("no shard URLs given")
