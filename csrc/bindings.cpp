@@ -38,6 +38,7 @@ struct BorrowedImages {
   std::vector<py::buffer_info> views;
   std::vector<fl::ImageSource> sources;
 
+  // channels: what decoded pixels must have (0: any, for a probe of their size only)
   BorrowedImages(const py::list& images, int channels) {
     views.reserve(images.size());
     sources.reserve(images.size());
@@ -48,7 +49,7 @@ struct BorrowedImages {
       src.data = static_cast<const uint8_t*>(v.ptr);
       src.size = size_t(v.size) * v.itemsize;
       if (v.ndim == 3) {  // decoded pixels, validated by the Python side
-        if (v.itemsize != 1 || v.shape[2] != channels)
+        if (v.itemsize != 1 || (channels > 0 && v.shape[2] != channels))
           throw py::value_error("sample " + std::to_string(i) + ": decoded image must be HxWx" +
                                 std::to_string(channels) + " uint8");
         src.raw_h = int(v.shape[0]);
@@ -99,7 +100,7 @@ torch::Tensor decode_jpeg(py::buffer data, int mode, int scale, bool apply_orien
 
 py::tuple probe_images(const py::list& images, bool apply_orientation, int64_t max_pixels,
                        int max_scans, int num_threads) {
-  BorrowedImages batch(images, 3);
+  BorrowedImages batch(images, 0);
   std::vector<fl::ImageSize> sizes;
   {
     py::gil_scoped_release no_gil;

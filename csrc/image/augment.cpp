@@ -113,8 +113,8 @@ void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const 
     const uint8_t* in = pixels + size_t(y) * W * 3;
     for (int c = 0; c < 3; ++c) {
       const float* tc = table + c * 256;
-      const float* rc = recipe ? recipe + 3 * c : nullptr;  // divisor, mean, std
-      const __m256 divisor = _mm256_set1_ps(rc ? rc[0] : 1.0f), mean = _mm256_set1_ps(rc ? rc[1] : 0.0f),
+      const float* rc = recipe ? recipe + 3 * c : nullptr;  // multiplier, mean, std
+      const __m256 multiplier = _mm256_set1_ps(rc ? rc[0] : 1.0f), mean = _mm256_set1_ps(rc ? rc[1] : 0.0f),
                    stdev = _mm256_set1_ps(rc ? rc[2] : 1.0f);
       float* dst = out + (size_t(c) * H + y) * W;
       const bool aligned = (reinterpret_cast<uintptr_t>(dst) & 31) == 0;
@@ -122,7 +122,7 @@ void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const 
         // Output x..x+7 come from source pixels x..x+7, or W-8-x..W-1-x reversed.
         __m256i idx = pick(in + size_t(flip ? W - 8 - x : x) * 3, c);
         if (flip) idx = _mm256_permutevar8x32_epi32(idx, reverse);
-        const __m256 v = recipe ? _mm256_div_ps(_mm256_sub_ps(_mm256_div_ps(_mm256_cvtepi32_ps(idx), divisor), mean), stdev)
+        const __m256 v = recipe ? _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(idx), multiplier), mean), stdev)
                                 : _mm256_i32gather_ps(tc, idx, 4);
         if (aligned)
           _mm256_stream_ps(dst + x, v);
@@ -166,7 +166,7 @@ const float* checked_recipe(const BatchSpec& spec) {
   for (int c = 0; c < channels_of(spec.mode); ++c) {
     const float* r = spec.recipe + 3 * c;
     for (int v = 0; v < 256; ++v) {
-      const float value = (float(v) / r[0] - r[1]) / r[2];
+      const float value = (float(v) * r[0] - r[1]) / r[2];
       if (std::memcmp(&value, &spec.lut[c * 256 + v], sizeof(float)) != 0) return nullptr;
     }
   }

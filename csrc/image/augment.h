@@ -42,8 +42,8 @@ struct BatchSpec {
   OutDType dtype = OutDType::U8;
   Layout layout = Layout::NCHW;
   const float* lut = nullptr;  // channels x 256 values for float outputs (null: value as is)
-  // How lut was made, per channel (divisor, mean, std): (v / divisor - mean) / std in
-  // float32. Optional; used only where it reproduces lut exactly.
+  // How lut was made, per channel (multiplier, mean, std): (v * multiplier - mean) / std
+  // in float32. Optional; used only where it reproduces lut exactly.
   const float* recipe = nullptr;
   bool apply_orientation = false;
   bool dct_scaling = true;

@@ -82,44 +82,61 @@ def _two_flips(p: float, q: float) -> float:
 
 
 def _value_table(plan: _Plan, channels: int) -> torch.Tensor | None:
-    """channels x 256 float32 table of what each ToDtype/Normalize makes of a uint8 value,
-    computed with torch's float32 arithmetic, as the same ops would on a tensor."""
+    """channels x 256 float32 table of what the ToDtype/Normalize ops make of each uint8
+    value: the ops run on a tensor of the 256 values as torchvision's v2 functionals run
+    them on an image, each in the dtype the values have at that point (float16 and
+    bfloat16 results are float32 values exactly)."""
     if not plan.dtype.is_floating_point:
         return None
-    values = torch.arange(256, dtype=torch.float32).repeat(channels, 1)
+    values = torch.arange(256, dtype=torch.uint8).repeat(channels, 1)
     for op in plan.value_ops:
         if isinstance(op, ToDtype):
-            if op.scale and op.dtype.is_floating_point:
-                values = values / 255
+            values = _to_dtype(values, op)
         else:
-            if len(op.mean) not in (1, channels) or len(op.std) not in (1, channels):
-                raise ValueError(f"Normalize: mean/std need 1 or {channels} values")
-            mean = torch.tensor(op.mean, dtype=torch.float32).expand(channels)[:, None]
-            std = torch.tensor(op.std, dtype=torch.float32).expand(channels)[:, None]
-            values = (values - mean) / std
-    return values.contiguous()
+            values = _normalize(values, op, channels)
+    return values.float().contiguous()
+
+
+def _to_dtype(values: torch.Tensor, op: ToDtype) -> torch.Tensor:
+    """torchvision.transforms.v2.functional.to_dtype on an image (float to uint8 is refused
+    by _plan)."""
+    if values.dtype == op.dtype:
+        return values
+    if op.scale and not values.dtype.is_floating_point:
+        return values.to(op.dtype).mul_(1.0 / 255)
+    return values.to(op.dtype)
+
+
+def _normalize(values: torch.Tensor, op: Normalize, channels: int) -> torch.Tensor:
+    """torchvision.transforms.v2.functional.normalize: mean and std in the image's dtype."""
+    if len(op.mean) not in (1, channels) or len(op.std) not in (1, channels):
+        raise ValueError(f"Normalize: mean/std need 1 or {channels} values")
+    mean = torch.tensor(op.mean, dtype=values.dtype)[:, None]
+    std = torch.tensor(op.std, dtype=values.dtype)[:, None]
+    return values.sub(mean).div_(std)
 
 
 def _value_recipe(plan: _Plan, channels: int) -> torch.Tensor | None:
-    """The steps of the value table as channels x (divisor, mean, std), value = (v / divisor
-    - mean) / std, when the ops are a scaling ToDtype and/or one Normalize, in that order:
-    the kernel computes such values instead of looking them up, where they match the table."""
+    """The steps of the value table as channels x (multiplier, mean, std), value = (v *
+    multiplier - mean) / std in float32, when the ops are float32 conversions and at most
+    one Normalize, last: the kernel computes such values instead of looking them up (the
+    gather is the slow part), once it has checked that they match the table."""
     if plan.dtype != torch.float32:
         return None
-    divisor, mean, std = 1.0, (0.0,), (1.0,)
-    normalized = False
+    dtype, multiplier, mean, std = torch.uint8, 1.0, (0.0,), (1.0,)
     for op in plan.value_ops:
         if isinstance(op, ToDtype):
-            if op.scale and op.dtype.is_floating_point:
-                if divisor != 1.0 or normalized:
+            if op.dtype != dtype:
+                if op.dtype != torch.float32 or dtype != torch.uint8:
                     return None
-                divisor = 255.0
-        elif normalized:
+                multiplier = 1.0 / 255 if op.scale else 1.0
+                dtype = op.dtype
+        elif dtype != torch.float32 or std != (1.0,):
             return None
-        else:  # mean/std lengths were checked by _value_table
-            mean, std, normalized = tuple(op.mean), tuple(op.std), True
+        else:
+            mean, std = op.mean, op.std
     steps = torch.empty(channels, 3, dtype=torch.float32)
-    steps[:, 0] = divisor
+    steps[:, 0] = multiplier
     steps[:, 1] = torch.tensor(mean, dtype=torch.float32).expand(channels)
     steps[:, 2] = torch.tensor(std, dtype=torch.float32).expand(channels)
     return steps
@@ -211,6 +228,9 @@ class ImagePipeline:
     def __call__(
         self, images: Sequence[Any], *, keys: Sequence[object] | None = None, out: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(images, (bytes, bytearray, memoryview, str)) or getattr(images, "ndim", None) == 1:
+            raise TypeError("an ImagePipeline takes a batch: a list of encoded images (for one image, "
+                            f"pass [image]), got {type(images).__name__}")
         n = len(images)
         if keys is not None and len(keys) != n:
             raise ValueError(f"got {len(keys)} keys for {n} images")

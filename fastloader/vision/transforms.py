@@ -25,9 +25,18 @@ def _size_pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     return pair
 
 
+def _floats(values: float | Sequence[float]) -> tuple[float, ...]:
+    """One value per channel, or one for all (torchvision broadcasts a scalar)."""
+    return (float(values),) if isinstance(values, numbers.Real) else tuple(float(v) for v in values)
+
+
+_PIL_BILINEAR = 2  # PIL.Image.BILINEAR (Resampling.BILINEAR), which torchvision also takes
+
+
 def _check_bilinear(interpolation: object, antialias: bool | None, name: str) -> None:
-    mode = getattr(interpolation, "value", interpolation)
-    if str(mode).lower() != "bilinear":
+    mode = getattr(interpolation, "value", interpolation)  # torchvision's InterpolationMode
+    bilinear = mode == _PIL_BILINEAR if isinstance(mode, numbers.Integral) else str(mode).lower() == "bilinear"
+    if not bilinear:
         raise ValueError(f"{name}: only bilinear interpolation is fused, got {interpolation!r}")
     if antialias is False:
         raise ValueError(f"{name}: antialias=False is not supported (outputs are always antialiased)")
@@ -48,7 +57,9 @@ class RandomResizedCrop:
         _check_bilinear(self.interpolation, self.antialias, "RandomResizedCrop")
         for name in ("scale", "ratio"):
             lo, hi = getattr(self, name)
-            if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
+            # a scale may start at 0 (an empty crop is redrawn); a ratio's log must exist
+            low_ok = lo >= 0 if name == "scale" else lo > 0
+            if not (low_ok and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
                 raise ValueError(f"RandomResizedCrop: {name} must be positive, got {(lo, hi)}")
             if lo > hi:
                 raise ValueError(f"RandomResizedCrop: {name} should be of kind (min, max), got {(lo, hi)}")
@@ -92,6 +103,7 @@ class Resize:
         if isinstance(self.size, Sequence) and len(self.size) == 1:
             object.__setattr__(self, "size", int(self.size[0]))
         if isinstance(self.size, numbers.Integral):
+            object.__setattr__(self, "size", int(self.size))  # a numpy integer too
             if self.size <= 0:
                 raise ValueError(f"Resize: size must be positive, got {self.size}")
         else:
@@ -138,12 +150,13 @@ class RandomHorizontalFlip:
 class Normalize:
     """(x - mean) / std per channel, on float outputs (as after ToDtype(float, scale=True))."""
 
-    mean: Sequence[float]
-    std: Sequence[float]
+    mean: float | Sequence[float]
+    std: float | Sequence[float]
+    inplace: bool = False  # torchvision's; the fused batch is always a new tensor
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "mean", _floats(self.mean))
+        object.__setattr__(self, "std", _floats(self.std))
         if any(s == 0 for s in self.std):
             raise ValueError(f"Normalize: std evaluated to zero, leading to division by zero ({self.std})")
 

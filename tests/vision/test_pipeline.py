@@ -138,18 +138,41 @@ def _dct_scale(w: int, h: int, g: list[float]) -> int:
     return 8
 
 
-def test_float_output_matches_torch_ops_on_the_uint8_result(images):
+def v2_values(image: torch.Tensor, ops) -> torch.Tensor:
+    """torchvision.transforms.v2's ToDtype and Normalize on an N x C x H x W uint8 batch, as
+    its functionals compute them (to_dtype_image: int to float is `.to(dtype).mul_(1 / 255)`,
+    a float input is only converted; normalize_image: mean and std in the image's dtype)."""
+    for op in ops:
+        if isinstance(op, ToDtype):
+            if image.dtype == op.dtype:
+                continue
+            if op.scale and not image.is_floating_point():
+                image = image.to(op.dtype).mul_(1.0 / 255)
+            else:
+                image = image.to(op.dtype)
+        else:
+            mean = torch.as_tensor(op.mean, dtype=image.dtype).view(-1, 1, 1)
+            std = torch.as_tensor(op.std, dtype=image.dtype).view(-1, 1, 1)
+            image = image.sub(mean).div_(std)
+    return image
+
+
+@pytest.mark.parametrize("values", [
+    [ToDtype(torch.float32, scale=True), Normalize(MEAN, STD)],
+    [ToDtype(torch.float16, scale=True), Normalize(MEAN, STD)],
+    [ToDtype(torch.bfloat16, scale=True), Normalize(MEAN, STD)],
+    [ToDtype(torch.float32)],
+    [ToDtype(torch.float32, scale=True), ToDtype(torch.float16, scale=True)],  # float to float: no rescale
+    [ToDtype(torch.float32, scale=True), ToDtype(torch.float32, scale=True), Normalize(0.5, 0.25)],
+    [ToDtype(torch.float32), Normalize(MEAN, STD), ToDtype(torch.bfloat16, scale=True), Normalize(0.1, 2.0)],
+])
+def test_float_output_matches_torchvision_v2_ops_on_the_uint8_result(images, values):
     datas = [c.data for c in images[:8]]
     ops = [Resize(160), CenterCrop(128)]
     u8 = ImagePipeline(ops)(datas)
-    f32 = ImagePipeline(ops + [ToDtype(torch.float32, scale=True), Normalize(MEAN, STD)])(datas)
-    ref = (u8.to(torch.float32) / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    assert f32.dtype == torch.float32 and torch.equal(f32, ref)
-    for dtype in (torch.float16, torch.bfloat16):
-        low = ImagePipeline(ops + [ToDtype(dtype, scale=True), Normalize(MEAN, STD)])(datas)
-        assert low.dtype == dtype and torch.equal(low, ref.to(dtype))
-    unscaled = ImagePipeline(ops + [ToDtype(torch.float32)])(datas)
-    assert torch.equal(unscaled, u8.to(torch.float32))
+    got = ImagePipeline(ops + values)(datas)
+    want = v2_values(u8, values)
+    assert got.dtype == want.dtype and torch.equal(got, want)
 
 
 @pytest.mark.parametrize("width", [128, 131])
@@ -159,9 +182,9 @@ def test_float_output_with_flips_any_width_and_unaligned_out(images, width):
     datas = [c.data for c in images[:12]]
     ops = [RandomResizedCrop((96, width)), RandomHorizontalFlip()]
     u8 = ImagePipeline(ops, generator=torch.Generator().manual_seed(5))(datas)
-    ref = (u8.to(torch.float32) / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    pipe = ImagePipeline(ops + [ToDtype(torch.float32, scale=True), Normalize(MEAN, STD)],
-                         generator=torch.Generator().manual_seed(5))
+    values = [ToDtype(torch.float32, scale=True), Normalize(MEAN, STD)]
+    ref = v2_values(u8, values)
+    pipe = ImagePipeline(ops + values, generator=torch.Generator().manual_seed(5))
     out = torch.empty(ref.numel() + 1)[1:].view(ref.shape)
     assert out.data_ptr() % 32
     assert pipe(datas, out=out) is out and torch.equal(out, ref)
@@ -181,17 +204,12 @@ def test_computed_float_values_equal_torch_ops(images, values, has_recipe):
     recipe that does not match the table is not used."""
     datas = [c.data for c in images[:8]]
     ops = [RandomResizedCrop((64, 72)), RandomHorizontalFlip()]
-    ref = ImagePipeline(ops, generator=torch.Generator().manual_seed(3))(datas).to(torch.float32)
-    for op in values:
-        if isinstance(op, ToDtype) and op.scale:
-            ref = ref / 255
-        elif isinstance(op, Normalize):
-            ref = (ref - torch.tensor(op.mean).view(1, -1, 1, 1)) / torch.tensor(op.std).view(1, -1, 1, 1)
+    ref = v2_values(ImagePipeline(ops, generator=torch.Generator().manual_seed(3))(datas), values)
     pipe = ImagePipeline(ops + values, generator=torch.Generator().manual_seed(3))
     assert (pipe.recipe is not None) == has_recipe
     if has_recipe:  # the steps reproduce the table, so the kernel computes the values
-        d, m, sd = (pipe.recipe[:, k, None].numpy() for k in range(3))
-        computed = (np.arange(256, dtype=np.float32) / d - m) / sd
+        mul, m, sd = (pipe.recipe[:, k, None].numpy() for k in range(3))
+        computed = (np.arange(256, dtype=np.float32) * mul - m) / sd
         assert computed.dtype == np.float32 and computed.tobytes() == pipe.lut.numpy().tobytes()
     assert torch.equal(pipe(datas), ref)
     if has_recipe:
@@ -281,12 +299,15 @@ def test_reused_buffers_never_overwrite_a_held_batch(images):
     assert pipe(datas, out=out) is out
 
 
-def test_non_jpeg_inputs_in_a_batch(photos):
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_non_jpeg_inputs_in_a_batch(photos, mode):
     img = Image.fromarray(photos["coffee"][:120, :160])
     png = io.BytesIO()
     img.save(png, "PNG")
     jpeg = encode_jpeg(img, quality=100, subsampling=0)
-    out = ImagePipeline([Resize((60, 80))], layout="NHWC")([png.getvalue(), jpeg])
+    out = ImagePipeline([Resize((60, 80))], layout="NHWC", mode=mode)([png.getvalue(), jpeg])
+    want = np.asarray(img.convert(mode).resize((80, 60), Image.BILINEAR)).reshape(60, 80, -1)
+    assert np.abs(out[0].numpy().astype(int) - want).max() <= 1
     assert psnr(out[0].numpy(), out[1].numpy()) > 35
 
 
@@ -351,6 +372,28 @@ def test_fusing_rules():
     assert pipe.output_shape(8) == (8, 224, 224, 3) and pipe.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="out must be"):
         pipe([b""], out=torch.empty(1, 3, 224, 224))
+
+
+def test_torchvision_argument_forms(images):
+    """What torchvision accepts: PIL's interpolation constant, a scale from 0, scalar
+    mean/std and `inplace`, a numpy integer size; one image instead of a batch is refused
+    (iterating its bytes as images would be nonsense)."""
+    from PIL import Image
+
+    datas = [c.data for c in images[:4]]
+    by_name = ImagePipeline([Resize(48), CenterCrop(40)])(datas)
+    by_pil = ImagePipeline([Resize(np.int64(48), interpolation=Image.Resampling.BILINEAR), CenterCrop(40)])(datas)
+    assert torch.equal(by_name, by_pil)
+    assert torch.equal(by_name, ImagePipeline([Resize(48, interpolation=2), CenterCrop(40)])(datas))
+    with pytest.raises(ValueError, match="bilinear"):
+        Resize(10, interpolation=Image.Resampling.BICUBIC)
+    assert ImagePipeline([RandomResizedCrop(32, scale=(0.0, 1.0))])(datas).shape == (4, 3, 32, 32)
+    scalar = Normalize(0.5, 0.25, inplace=True)
+    assert (scalar.mean, scalar.std) == ((0.5,), (0.25,))
+    for one in (datas[0], bytearray(datas[0]), torch.frombuffer(bytearray(datas[0]), dtype=torch.uint8)):
+        for on_error in ("raise", "skip"):
+            with pytest.raises(TypeError, match=r"a batch.*\[image\]"):
+                ImagePipeline([CenterCrop(8)], on_error=on_error)(one)
 
 
 def test_in_torch_dataloader_workers_after_use_in_the_parent(images):
