@@ -234,10 +234,15 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
   if (!raw && spec.dct_scaling) scale = choose_dct_scale(w, h, g);
   // Work in the frame of the scaled image whose origin is the box's first pixel.
   const int sw = scaled_dim(w, scale), sh = scaled_dim(h, scale);
-  // Scaled pixel i holds original pixels [i * 8/k, (i + 1) * 8/k): the ratio is exactly k/8
-  // (only the last, partial block differs).
+  // Scaled pixel i holds original pixels [i * 8/k, (i + 1) * 8/k) counted from the stored
+  // image's origin: the ratio is exactly k/8, and only the last, partial block differs. An
+  // oriented axis that runs against the stored one starts with that block instead: its
+  // pixels sit shifted by the part of the block the image lacks.
   const double rx = scale / 8.0, ry = rx;
-  const double bx0 = g.x0 * rx, bx1 = g.x1 * rx, by0 = g.y0 * ry, by1 = g.y1 * ry;
+  const double shift_x = orientation_reverses_x(orientation) ? sw / rx - w : 0.0;
+  const double shift_y = orientation_reverses_y(orientation) ? sh / ry - h : 0.0;
+  const double bx0 = (g.x0 + shift_x) * rx, bx1 = (g.x1 + shift_x) * rx;
+  const double by0 = (g.y0 + shift_y) * ry, by1 = (g.y1 + shift_y) * ry;
   const int fx = int(std::floor(bx0)), fy = int(std::floor(by0));
   const int clip_w = std::min(sw, int(std::ceil(bx1))) - fx;
   const int clip_h = std::min(sh, int(std::ceil(by1))) - fy;

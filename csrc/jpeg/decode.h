@@ -85,6 +85,9 @@ inline bool looks_like_jpeg(const uint8_t* data, size_t size) {
 
 // EXIF orientation helpers (values 1..8 as in the EXIF spec and PIL's exif_transpose).
 inline bool orientation_swaps_axes(int orientation) { return orientation >= 5 && orientation <= 8; }
+// Whether the oriented image's x (y) axis runs against the stored axis it comes from.
+inline bool orientation_reverses_x(int o) { return o == 2 || o == 3 || o == 6 || o == 7; }
+inline bool orientation_reverses_y(int o) { return o == 3 || o == 4 || o == 7 || o == 8; }
 
 // Maps a rectangle of the oriented image back to the stored image of size (w, h).
 Rect unorient_rect(Rect r, int w, int h, int orientation);

@@ -5,9 +5,9 @@ import random
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-from _images import EncodedImages, encode_jpeg, pil_decode, psnr
+from _images import EncodedImages, encode_jpeg, pil_decode, psnr, with_orientation
 from fastloader import _C, decode_jpeg
 from fastloader.vision import (
     CenterCrop, ImagePipeline, Normalize, RandomHorizontalFlip, RandomResizedCrop, Resize, ToDtype,
@@ -268,6 +268,19 @@ def test_exif_orientation_in_the_pipeline(jpeg_cases):
         h, w = full.shape[:2]
         top, left = int(round((h - 100) / 2.0)), int(round((w - 90) / 2.0))
         assert np.array_equal(out, full[top : top + 100, left : left + 90]), case.name
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_with_dct_scaling_matches_pil(photos, orientation):
+    """A size that is no multiple of 8: the partial last block of a DCT-scaled decode is
+    at the stored image's far edge, which a mirror or rotation brings to the near one."""
+    img = Image.fromarray(photos["coffee"]).resize((1401, 1201), Image.Resampling.BICUBIC)
+    data = with_orientation(img, orientation, quality=95)
+    pipe = ImagePipeline([Resize((116, 100))], layout="NHWC", apply_exif_orientation=True)
+    got = pipe([data])[0].numpy()
+    with Image.open(io.BytesIO(data)) as stored:
+        want = np.asarray(ImageOps.exif_transpose(stored).convert("RGB").resize((100, 116), Image.Resampling.BILINEAR))
+    assert psnr(got, want) >= 39, psnr(got, want)
 
 
 def test_same_seed_same_batch_whatever_the_thread_count(images):
