@@ -178,14 +178,21 @@ JpegInfo JpegDecoder::open(const uint8_t* data, size_t size, bool read_orientati
     throw JpegError("image of " + std::to_string(info.width) + "x" + std::to_string(info.height) +
                     " pixels exceeds max_pixels=" + std::to_string(limits.max_pixels));
   if (read_orientation) {
-    for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next)
-      if (m->marker == JPEG_APP0 + 1) {
-        int o = exif_orientation(m->data, m->data_length);
-        if (o) {
-          info.orientation = o;
-          break;
-        }
+    // As PIL: the first Exif segment's tag, else the last XMP packet's; 1..8 or nothing.
+    bool seen_exif = false;
+    std::optional<int64_t> exif, xmp;
+    for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next) {
+      if (m->marker != JPEG_APP0 + 1) continue;
+      if (!seen_exif && is_exif_payload(m->data, m->data_length)) {
+        seen_exif = true;
+        exif = exif_orientation_tag(m->data, m->data_length);
+      } else if (is_xmp_payload(m->data, m->data_length)) {
+        const size_t skip = kXmpHeader.size();
+        xmp = xmp_orientation(m->data + skip, m->data_length - skip);
       }
+    }
+    const std::optional<int64_t> o = exif ? exif : xmp;
+    if (o && *o >= 1 && *o <= 8) info.orientation = int(*o);
   }
   s.info = info;
   s.opened = true;

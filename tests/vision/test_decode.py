@@ -18,6 +18,41 @@ def test_full_decode_is_bit_identical_to_pil(jpeg_cases):
         assert np.array_equal(ours, ref), case.name
 
 
+def _app1(payload: bytes) -> bytes:
+    return b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _exif(tag_type: int, value: int, count: int = 1, little: bool = True) -> bytes:
+    """An Exif APP1 payload whose first IFD holds one orientation entry of the given type."""
+    order = "little" if little else "big"
+    size = {1: 1, 3: 2, 4: 4, 8: 2, 9: 4}[tag_type]
+    inline = value.to_bytes(size, order, signed=tag_type in (8, 9)).ljust(4, b"\0")
+    entry = (0x0112).to_bytes(2, order) + tag_type.to_bytes(2, order) + count.to_bytes(4, order) + inline
+    ifd = (1).to_bytes(2, order) + entry + bytes(4)
+    return b"Exif\0\0" + (b"II" if little else b"MM") + (42).to_bytes(2, order) + (8).to_bytes(4, order) + ifd
+
+
+def _xmp(orientation: str) -> bytes:
+    return (b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta><rdf:Description " + orientation.encode() +
+            b"/></x:xmpmeta>")
+
+
+@pytest.mark.parametrize("segments", [
+    [_exif(4, 6)], [_exif(1, 8)], [_exif(8, 3, little=False)], [_exif(9, 5)], [_exif(3, 6, count=2)],
+    [_exif(1, 8), _xmp('tiff:Orientation="6"')],
+    [_exif(3, 9)], [_exif(3, 0), _xmp('tiff:Orientation="6"')],
+    [_xmp('tiff:Orientation="6"')], [_xmp("x:tiff:Orientation>7")], [_xmp('tiff:Orientation="x" tiff:Orientation="3"')],
+    [_xmp('tiff:Orientation="6"'), _xmp('tiff:Other="6"')],
+    [_exif(3, 1), _exif(3, 6)], [b"Exif\0\0II*\0", _exif(3, 6)], [_exif(3, 6), _xmp('tiff:Orientation="2"')],
+], ids=lambda segments: "-".join(str(len(s)) for s in segments))
+def test_orientation_from_any_integer_exif_tag_or_xmp_as_pil_reads_it(photos, segments):
+    plain = encode_jpeg(Image.fromarray(photos["coffee"][:40, :64]), quality=95)
+    data = plain[:2] + b"".join(_app1(s) for s in segments) + plain[2:]
+    with Image.open(io.BytesIO(data)) as img:
+        want = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    assert np.array_equal(decode_jpeg(data, apply_exif_orientation=True).numpy(), want)
+
+
 def test_gray_mode_matches_pil_convert_L(jpeg_cases):
     for case in jpeg_cases:
         assert np.array_equal(decode_jpeg(case.data, mode="L").numpy(), pil_decode(case.data, "L")), case.name
