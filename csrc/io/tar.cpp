@@ -39,8 +39,7 @@ std::optional<uint64_t> parse_number(const uint8_t* p, size_t n) {
   }
   for (; i < n; ++i)
     if (p[i] != ' ' && p[i] != 0) return std::nullopt;
-  if (!any) return std::nullopt;
-  return v;
+  return any ? v : 0;  // an empty field is 0, as tarfile and GNU tar read it
 }
 
 bool checksum_ok(const uint8_t* h) {
@@ -117,6 +116,7 @@ TarScan scan_tar(const uint8_t* data, size_t len, uint64_t base, bool final,
   bool has_pax_size = false;
   size_t member_start = 0;
   bool in_member = false;
+  if (base == 0 && len == 0 && final) return fail(0, "not a tar file: it is empty (0 bytes)");
   // gzip's magic where the first header should be: a compressed shard with a plain name
   if (base == 0 && len >= 2 && data[0] == 0x1f && data[1] == 0x8b)
     return fail(0, "not a tar file but gzip-compressed data: name it .tar.gz or .tgz to have it "

@@ -56,7 +56,9 @@ class Grouper {
       first_.push_back(int64_t(kept_.size()));
     }
     if (seen_flag_.size() <= size_t(ext)) seen_flag_.resize(size_t(ext) + 1, 0);
-    if (seen_flag_[size_t(ext)]) {  // a repeated extension: the sample is left out
+    // A repeated extension, or one named like a field every sample has (`__key__`,
+    // `__url__`), which it would overwrite: the sample is left out.
+    if (seen_flag_[size_t(ext)] || reserved_[size_t(ext)]) {
       if (!bad_) {
         Ref dup(Py_BuildValue("(nO)", i, current_.p));
         if (!dup.p || PyList_Append(dups_.p, dup.p)) return false;
@@ -88,6 +90,8 @@ class Grouper {
       out = int(PyList_GET_SIZE(exts_.p));
       Ref n(PyLong_FromLong(out));
       if (!n.p || PyDict_SetItem(ext_ids_.p, made.p, n.p) || PyList_Append(exts_.p, made.p)) return -1;
+      reserved_.push_back(PyUnicode_CompareWithASCIIString(made.p, "__key__") == 0 ||
+                          PyUnicode_CompareWithASCIIString(made.p, "__url__") == 0);
     }
     if (!obj) ascii_ids_.emplace(std::string(ascii), out);
     return out;
@@ -128,6 +132,7 @@ class Grouper {
   std::unordered_map<std::string, int> ascii_ids_;
   std::vector<int> seen_;  // extension ids of the current sample
   std::vector<uint8_t> seen_flag_;  // by extension id: in the current sample
+  std::vector<uint8_t> reserved_;   // by extension id: `__key__` or `__url__`
   bool bad_ = false;
   std::vector<int32_t> member_ext_;
   std::vector<int64_t> kept_, first_, start_member_;

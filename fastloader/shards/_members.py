@@ -108,9 +108,14 @@ def group(names: list[str], header: np.ndarray, offset: np.ndarray, size: np.nda
         size=np.asarray(size, dtype=np.int64)[idx],
         first=np.frombuffer(first, dtype=np.int64).copy(),
         header=header[np.frombuffer(start_member, dtype=np.int64)],
-        problems=[Problem(int(header[i]), key, f"duplicate member {names[i]!r} in one sample")
-                  for i, key in duplicates],
+        problems=[Problem(int(header[i]), key, _duplicate(names[i])) for i, key in duplicates],
     )
+
+
+def _duplicate(name: str) -> str:
+    if name.lower().endswith((".__key__", ".__url__")):
+        return f"member {name!r} would replace the sample's own {name[name.rindex('.') + 1:].lower()}"
+    return f"duplicate member {name!r} in one sample"
 
 
 def _worth_a_span(off: np.ndarray, end: np.ndarray) -> tuple[int, int] | None:

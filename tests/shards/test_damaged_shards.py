@@ -2,6 +2,7 @@
 every good sample still delivered; nothing crashes or allocates without bound."""
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 
@@ -106,6 +107,55 @@ def test_non_tar_file_and_unreadable_url(shard_set, mode, request, tmp_path):
     assert stats["failures"] == 2
     with pytest.raises(fastloader.ShardError, match="more than max_failures=1"):
         _read(urls, on_error="skip", max_failures=1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_empty_file_is_not_a_tar(shard_set, mode, request):
+    """A zero-byte shard (a cut download) is damage, as tarfile's 'empty file', not an
+    empty shard."""
+    samples, paths = shard_set
+    open(paths[1], "wb").close()
+    urls = _urls(paths, mode, request.node.name)
+    with pytest.raises(fastloader.ShardError, match="empty") as e:
+        _read(urls)
+    assert e.value.url == urls[1]
+    got, stats = _read(urls, on_error="skip")
+    assert keys(got) == keys(samples[:20] + samples[40:]) and stats["failures"] == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_member_named_like_a_sample_field_is_a_bad_sample(tmp_path, mode, request):
+    """`x.__key__` or `x.__url__` would replace the sample's key or URL: webdataset refuses
+    it as a duplicate; here the sample is bad, the others delivered."""
+    path = str(tmp_path / "fields.tar")
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in [("a.jpg", b"1"), ("b.jpg", b"2"), ("b.__key__", b"k"), ("c.jpg", b"3"),
+                           ("d.__URL__", b"u"), ("d.cls", b"4")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    urls = _urls([path], mode, request.node.name)
+    with pytest.raises(fastloader.ShardError, match=r"'b\.__key__' would replace the sample's own __key__") as e:
+        _read(urls)
+    assert e.value.key == "b"
+    got, stats = _read(urls, on_error="skip")
+    assert [(s["__key__"], s["__url__"]) for s in got] == [("a", urls[0]), ("c", urls[0])]
+    assert stats["failures"] == 2
+
+
+def test_an_empty_numeric_field_reads_as_zero_as_tarfile_reads_it(tmp_path):
+    path = str(tmp_path / "nul-size.tar")
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for name in ["d", "a.txt"]:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE if name == "d" else tarfile.REGTYPE
+            info.size = 0 if name == "d" else 3
+            tf.addfile(info, io.BytesIO(b"abc") if name == "a.txt" else None)
+    _rewrite_header(path, 0, lambda block: block.__setitem__(slice(124, 136), bytes(12)), fix_checksum=True)
+    with tarfile.open(path) as tf:
+        assert [m.size for m in tf.getmembers()] == [0, 3]
+    got, stats = _read([path])
+    assert [(s["__key__"], s["txt"]) for s in got] == [("a", b"abc")] and stats["failures"] == 0
 
 
 @pytest.mark.parametrize("mode", MODES)

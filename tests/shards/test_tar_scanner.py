@@ -118,7 +118,8 @@ def test_non_tar_and_truncation_and_checksum_errors_carry_offsets():
     bad[1536 + 10] ^= 0xFF  # second header
     scan = _tar.scan(bytes(bad))
     assert scan.error == "bad tar header checksum" and scan.error_offset == 1536 and scan.names == ["a.bin"]
-    assert _tar.scan(b"").error == "" and _tar.scan(b"").names == []
+    assert _tar.scan(b"").error == "not a tar file: it is empty (0 bytes)" and _tar.scan(b"").names == []
+    assert _tar.scan(b"", 0, False).error == "" and _tar.scan(b"", 1024, True).error == ""  # more may come; the end
 
 
 def _stream_events(parts: list[bytes]) -> list:
