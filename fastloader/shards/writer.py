@@ -10,21 +10,23 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from ._members import split_name
+
 BLOCK = 512
 
 
 def encode_value(key: str, ext: str, value: Any) -> bytes:
     """A member's bytes: bytes as they are, str as UTF-8, numbers as text, dict/list as
-    JSON, arrays and tensors as .npy (extension "npy")."""
+    JSON, arrays and tensors as .npy (an extension ending in "npy", any case)."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8")
-    if isinstance(value, (bool, int, float, np.integer, np.floating)):
-        return str(value.item() if isinstance(value, np.generic) else value).encode()
+    if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
+        return str(value).encode()  # np.float32(0.1) as "0.1", as webdataset writes it
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value).encode("utf-8")
-    if isinstance(value, (np.ndarray, torch.Tensor)) and ext.endswith("npy"):
+    if isinstance(value, (np.ndarray, torch.Tensor)) and ext.lower().endswith("npy"):
         buf = io.BytesIO()
         np.save(buf, value.numpy() if isinstance(value, torch.Tensor) else value, allow_pickle=False)
         return buf.getvalue()
@@ -95,15 +97,22 @@ class TarWriter:
         key = sample.get("__key__")
         if not isinstance(key, str) or not key:
             raise ValueError(f"a sample needs a non-empty string __key__, got {key!r}")
+        if "\0" in key:
+            raise ValueError(f"sample key {key!r} has a NUL character: a tar member name ends at one")
         if "." in key.rsplit("/", 1)[-1]:
             raise ValueError(f"sample key {key!r} has a dot in its file name part: readers would split it")
         parts = []
         for ext, value in sample.items():
-            if ext.startswith("__"):
+            if ext.startswith("_"):  # `__key__`, and metadata webdataset's writer leaves out too
                 continue
-            if not ext or "/" in ext:
+            if not ext or "/" in ext or "\0" in ext:
                 raise ValueError(f"sample {key!r}: bad extension {ext!r}")
-            parts.append(member_bytes(f"{key}.{ext}", encode_value(key, ext, value), self.mtime))
+            name = f"{key}.{ext}"
+            read_as = split_name(name)[0]
+            if read_as != key:
+                how = "skip it as metadata" if read_as is None else f"read it as key {read_as!r}"
+                raise ValueError(f"sample key {key!r}: readers would {how} ({name!r})")
+            parts.append(member_bytes(name, encode_value(key, ext, value), self.mtime))
         if not parts:
             raise ValueError(f"sample {key!r} has no data members")
         return b"".join(parts)

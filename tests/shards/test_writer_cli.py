@@ -33,10 +33,13 @@ def test_shard_writer_splits_by_count_and_size(tmp_path):
 def test_values_are_encoded_as_webdataset_expects(tmp_path):
     arr = np.arange(12, dtype=np.float32).reshape(3, 4)
     with fastloader.ShardWriter(str(tmp_path / "v-%d.tar")) as w:
-        w.write({"__key__": "a", "cls": 3, "txt": "h\u00e9", "json": {"x": [1]}, "npy": arr, "bin": b"\x00\x01"})
+        w.write({"__key__": "a", "cls": 3, "txt": "h\u00e9", "json": {"x": [1]}, "npy": arr, "bin": b"\x00\x01",
+                 "score": np.float32(0.1), "seg.NPY": arr, "_meta": "left out, as webdataset's writer does"})
     (got,) = read_with_webdataset(w.shards)
     assert got["cls"] == b"3" and got["txt"] == "h\u00e9".encode() and json.loads(got["json"]) == {"x": [1]}
     assert np.array_equal(np.load(io.BytesIO(got["npy"])), arr) and got["bin"] == b"\x00\x01"
+    assert got["score"] == b"0.1" and np.array_equal(np.load(io.BytesIO(got["seg.npy"])), arr)
+    assert "_meta" not in got and "__url__" in got
 
 
 def test_writer_errors(tmp_path):
@@ -45,6 +48,10 @@ def test_writer_errors(tmp_path):
     w = fastloader.ShardWriter(str(tmp_path / "e-%d.tar"))
     with pytest.raises(ValueError, match="dot"):
         w.write({"__key__": "a.b", "txt": "x"})
+    with pytest.raises(ValueError, match="skip it as metadata"):
+        w.write({"__key__": "__dir__/a", "txt": "x"})
+    with pytest.raises(ValueError, match="NUL"):
+        w.write({"__key__": "x\0y", "txt": "x"})
     with pytest.raises(TypeError, match="cannot write a ndarray as .jpg"):
         w.write({"__key__": "a", "jpg": np.zeros(3)})
     with pytest.raises(ValueError, match="__key__"):
