@@ -181,8 +181,11 @@ class WebDataset(IterableDataset):
     # -- epochs, topology ---------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Use the order of this epoch on the next iteration (like DistributedSampler);
-        also reaches the loader's persistent workers."""
+        also reaches the loader's persistent workers. A position loaded for another epoch
+        is dropped: that epoch is over, and this one starts from its beginning."""
         self._epoch.value = int(epoch)
+        if self._restore is not None and self._restore["epoch"] != int(epoch):
+            self._restore = None
 
     @property
     def epoch(self) -> int:

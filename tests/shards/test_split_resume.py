@@ -100,6 +100,33 @@ def test_order_is_a_function_of_seed_and_epoch(shards, mode):
 
 
 @pytest.mark.parametrize("mode", ["indexed", "streamed"])
+def test_a_dataset_state_resumes_its_epoch_and_set_epoch_to_another_starts_that_one(shards, mode):
+    """Without fastloader's DataLoader: the dataset's own state_dict. The usual loop sets
+    each epoch after loading; an epoch other than the state's is a fresh one (the state's
+    epoch was over), the state's own epoch resumes."""
+    _, urls = shards
+
+    def fresh(epoch):
+        ds = fastloader.WebDataset(urls[mode], shuffle=True, seed=1, buffer_size=40)
+        ds.set_epoch(epoch)
+        return ds
+
+    whole0, whole1 = _keys_of(fresh(0)), _keys_of(fresh(1))
+    ended = fresh(0)
+    assert len(list(ended)) == N
+    after_end = fresh(0)
+    after_end.load_state_dict(ended.state_dict())
+    after_end.set_epoch(1)
+    assert _keys_of(after_end) == whole1
+    cut = fresh(0)
+    head = [s["__key__"] for s in itertools.islice(iter(cut), 50)]
+    resumed = fresh(0)
+    resumed.load_state_dict(cut.state_dict())
+    resumed.set_epoch(0)  # the state's epoch: resumed where it stopped
+    assert head + _keys_of(resumed) == whole0
+
+
+@pytest.mark.parametrize("mode", ["indexed", "streamed"])
 def test_shard_shuffle_alone_moves_whole_shards(shards, mode):
     all_keys, urls = shards
     shard_of = {k: i // 20 for i, k in enumerate(all_keys)}  # 20 samples a shard
