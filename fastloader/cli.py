@@ -49,8 +49,11 @@ def _convert(args) -> int:
 def _inspect(args) -> int:
     from .shards.inspect import inspect, report
 
+    if not all(args.shards):
+        print("fastloader inspect: an empty shard URL", file=sys.stderr)
+        return 2
     try:
-        results = inspect(args.shards)
+        results = inspect(args.shards, allow_pipe=args.allow_pipe)
     except ValueError as e:
         print(f"fastloader inspect: {e}", file=sys.stderr)
         return 2
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     insp = commands.add_parser("inspect", help="counts, keys, extensions, sizes and damage of shards")
     insp.add_argument("shards", nargs="+", help="shard URLs, brace patterns or globs")
     insp.add_argument("--json", action="store_true", help="print the full report as JSON")
+    insp.add_argument("--allow-pipe", action="store_true", help="run pipe: URLs' shell commands")
     args = parser.parse_args(argv)
     if args.command == "bench":
         if args.workers is None:

@@ -52,7 +52,10 @@ def _records(path: str, text_field: str, label_field: str | None) -> Iterator[tu
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
-            if not isinstance(record, dict) or text_field not in record or (label_field and label_field not in record):
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{n}: not a JSON object per line (JSON Lines), got a "
+                                 f"{type(record).__name__}")
+            if text_field not in record or (label_field and label_field not in record):
                 raise ValueError(f"{path}:{n}: a record needs the fields {text_field!r}"
                                  + (f" and {label_field!r}" if label_field else ""))
             if not isinstance(record[text_field], str):
@@ -85,9 +88,14 @@ def convert(source: str, pattern: str, *, maxcount: int = 10_000, maxsize: float
         items, classes = _image_folder(source)
     elif os.path.isfile(source) and source.lower().endswith((".csv", ".jsonl", ".json", ".ndjson")):
         kind = "text"
-        rows = list(_records(source, text_field, label_field or None))
+        try:
+            rows = list(_records(source, text_field, label_field or None))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         ids, classes = _label_ids([r[2] for r in rows]) if label_field else ([None] * len(rows), None)
         items = [(text, label) for (_, text, _), label in zip(rows, ids)]
+    elif not os.path.exists(source):
+        raise ValueError(f"{source}: no such file or directory")
     else:
         raise ValueError(f"{source}: give an ImageFolder directory or a .csv / .jsonl file")
     if not items:

@@ -12,7 +12,8 @@ from . import _index, _scanning, _tar
 from .urls import expand_urls, indexable_path, open_stream, read_chunks
 
 
-def inspect_shard(url: str, max_member_size: int = _tar.DEFAULT_MAX_MEMBER_SIZE) -> dict[str, Any]:
+def inspect_shard(url: str, max_member_size: int = _tar.DEFAULT_MAX_MEMBER_SIZE,
+                  allow_pipe: bool = False) -> dict[str, Any]:
     """Counts of one shard and the damage found in it (nothing is written)."""
     path = indexable_path(url)
     found: list = []
@@ -24,7 +25,7 @@ def inspect_shard(url: str, max_member_size: int = _tar.DEFAULT_MAX_MEMBER_SIZE)
             damage += index.damage
             file_size = os.path.getsize(path)
         else:
-            stream = open_stream(url)
+            stream = open_stream(url, allow_pipe)
             try:
                 for event in _scanning.stream_samples(url, read_chunks(stream, 4 << 20), max_member_size):
                     if isinstance(event, _scanning.Damage):
@@ -61,8 +62,8 @@ def inspect_shard(url: str, max_member_size: int = _tar.DEFAULT_MAX_MEMBER_SIZE)
             "damage": sorted(damage, key=lambda d: (d[0] is None, d[0] or 0))}
 
 
-def inspect(urls) -> list[dict[str, Any]]:
-    return [inspect_shard(u) for u in expand_urls(urls)]
+def inspect(urls, allow_pipe: bool = False) -> list[dict[str, Any]]:
+    return [inspect_shard(u, allow_pipe=allow_pipe) for u in expand_urls(urls)]
 
 
 def _mb(n) -> str:

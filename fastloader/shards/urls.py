@@ -143,7 +143,7 @@ def _open_raw(url: str, allow_pipe: bool):
     s = scheme_of(url)
     if s == "pipe":
         if not allow_pipe:
-            raise ShardError("pipe: URLs run a shell command; pass allow_pipe=True to allow them", url=url)
+            raise ShardError("pipe: URLs run a shell command; pass allow_pipe=True (fastloader inspect: --allow-pipe) to allow them", url=url)
         return _PipeStream(url[len("pipe:"):], url)
     if s == "file":
         try:

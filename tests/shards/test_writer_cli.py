@@ -131,6 +131,17 @@ def test_convert_errors_name_the_file(tmp_path, capsys):
     csv_path.write_text("sentence,label\nx,1\n")
     assert main(["convert", str(csv_path), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
     assert "no column 'text'" in capsys.readouterr().err
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\u00e9,1\n".encode("latin-1"))
+    assert main(["convert", str(latin), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
+    assert "latin.csv: not UTF-8 text" in capsys.readouterr().err
+    array = tmp_path / "array.json"
+    array.write_text('[{"text": "a", "label": 1}]\n')
+    assert main(["convert", str(array), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
+    assert "array.json:1: not a JSON object per line" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "gone.csv"), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
+    assert "gone.csv: no such file or directory" in capsys.readouterr().err
+    assert not list(tmp_path.glob("o-*"))
 
 
 def test_inspect_reports_counts_and_damage(tmp_path, capsys):
@@ -151,6 +162,18 @@ def test_inspect_reports_counts_and_damage(tmp_path, capsys):
     sizes = list(per_sample.values())
     assert report[0]["sample_bytes"] == {"min": min(sizes), "mean": sum(sizes) / len(sizes), "max": max(sizes)}
     assert report[0]["data_bytes"] == sum(sizes)
+
+
+def test_inspect_arguments(tmp_path, capsys):
+    paths = write_with_webdataset(tmp_path, make_samples(20), per_shard=10)
+    assert len(list(fastloader.WebDataset(paths))) == 20  # writes each shard's index beside it
+    everything = sorted(str(p) for p in tmp_path.iterdir())  # what `inspect dir/*` passes
+    assert len(everything) == 4 and main(["inspect", "--json", *everything]) == 0
+    assert [r["url"] for r in json.loads(capsys.readouterr().out)] == paths
+    assert main(["inspect", ""]) == 2 and "empty shard URL" in capsys.readouterr().err
+    assert main(["inspect", f"pipe:cat {paths[0]}"]) == 1 and "--allow-pipe" in capsys.readouterr().out
+    assert main(["inspect", "--allow-pipe", f"pipe:cat {paths[0]}"]) == 0
+    assert "1 shards, 10 samples" in capsys.readouterr().out
 
 
 def test_shard_benchmark_reads_the_same_samples_with_both(tmp_path, monkeypatch, capsys):
