@@ -8,6 +8,9 @@ namespace {
 
 constexpr size_t kBlock = 512;
 constexpr uint64_t kMaxExtensionSize = 1 << 20;  // a pax or GNU long-name record
+// Its data is a map of holes plus the parts between them, not the file: tarfile expands
+// the holes, this scanner does not, so the member is reported rather than read wrong.
+constexpr const char* kSparse = "sparse member (tar --sparse): not supported, re-create the tar without it";
 
 uint64_t padded(uint64_t n) { return (n + kBlock - 1) / kBlock * kBlock; }
 
@@ -65,7 +68,7 @@ std::string field(const uint8_t* p, size_t n) {
 
 // Reads "LEN key=value\n" records; returns false on a malformed record.
 bool parse_pax(const uint8_t* p, size_t n, std::optional<std::string>& path,
-               std::optional<uint64_t>& size) {
+               std::optional<uint64_t>& size, bool& sparse) {
   size_t i = 0;
   while (i < n) {
     if (p[i] == 0) break;  // trailing NUL padding
@@ -83,7 +86,9 @@ bool parse_pax(const uint8_t* p, size_t n, std::optional<std::string>& path,
     if (!eq) return false;
     std::string key(rec, static_cast<const char*>(eq) - rec);
     std::string value(static_cast<const char*>(eq) + 1, rec + rec_len);
-    if (key == "path") {
+    if (key.rfind("GNU.sparse.", 0) == 0) {
+      sparse = true;
+    } else if (key == "path") {
       path = value;
     } else if (key == "size") {
       uint64_t d = 0;  // pax numbers are decimal
@@ -114,6 +119,7 @@ TarScan scan_tar(const uint8_t* data, size_t len, uint64_t base, bool final,
   std::optional<std::string> long_name;
   uint64_t pax_size = 0;
   bool has_pax_size = false;
+  bool sparse_next = false;  // a pax header said the next member is sparse
   size_t member_start = 0;
   bool in_member = false;
   if (base == 0 && len == 0 && final) return fail(0, "not a tar file: it is empty (0 bytes)");
@@ -175,13 +181,19 @@ TarScan scan_tar(const uint8_t* data, size_t len, uint64_t base, bool final,
     } else if (type == 'x') {
       std::optional<std::string> path;
       std::optional<uint64_t> psize;
-      if (!parse_pax(d, size, path, psize)) return fail(pos, "malformed pax extended header");
+      bool sparse = false;
+      if (!parse_pax(d, size, path, psize, sparse)) return fail(pos, "malformed pax extended header");
+      sparse_next = sparse_next || sparse;
       if (path) long_name = path;
       if (psize) pax_size = *psize, has_pax_size = true;
       in_member = true;
+    } else if (type == 'S') {
+      return fail(pos, kSparse);
     } else if (type == 'g' || type == 'K') {
       in_member = type == 'K' || in_member;  // a long link name belongs to the next member
     } else {
+      // failed at its own header, so that a rescan resumes past its data
+      if (sparse_next) return fail(pos, kSparse);
       if (type == '0' || type == '\0' || type == '7') {
         std::string name;
         if (long_name) {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 import tarfile
 
 import fsspec
@@ -141,6 +143,32 @@ def test_a_member_named_like_a_sample_field_is_a_bad_sample(tmp_path, mode, requ
     got, stats = _read(urls, on_error="skip")
     assert [(s["__key__"], s["__url__"]) for s in got] == [("a", urls[0]), ("c", urls[0])]
     assert stats["failures"] == 2
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_sparse_member_is_reported_not_read_wrong(tmp_path, fmt, mode, request):
+    """GNU tar's --sparse members hold a map of holes, not the file: named as damage (the
+    pax flavour was read as a member under a made-up name), the rest delivered."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"first")
+    with open(src / "b.bin", "wb") as f:  # mostly a hole
+        f.write(b"head")
+        f.seek(1 << 20)
+        f.write(b"tail")
+    (src / "c.txt").write_bytes(b"last")
+    path = str(tmp_path / f"sparse-{fmt}.tar")
+    subprocess.run(["tar", "--sparse", f"--format={fmt}", "-cf", path, "-C", str(src), "a.txt", "b.bin", "c.txt"],
+                   check=True)
+    urls = _urls([path], mode, request.node.name)
+    with pytest.raises(fastloader.ShardError, match="sparse member"):
+        _read(urls)
+    got, stats = _read(urls, on_error="skip")
+    assert [(s["__key__"], dict((k, v) for k, v in s.items() if not k.startswith("__"))) for s in got] == [
+        ("a", {"txt": b"first"}), ("c", {"txt": b"last"})]
+    assert stats["failures"] == 1
 
 
 def test_an_empty_numeric_field_reads_as_zero_as_tarfile_reads_it(tmp_path):
