@@ -397,7 +397,7 @@ std::vector<std::string_view> utf8_items(const py::list& items, const char* what
 // (ids, token_type_ids, offsets): item i is ids[offsets[i]:offsets[i + 1]].
 py::tuple wordpiece_encode_batch(const fl::WordPieceTokenizer& tok, const py::list& first,
                                  const py::object& second, bool add_special_tokens, int64_t max_length,
-                                 int truncation, int num_threads) {
+                                 int truncation, bool truncate_left, int num_threads) {
   std::vector<std::string_view> a = utf8_items(first, "text");
   std::vector<std::string_view> b;
   const bool pairs = !second.is_none();
@@ -406,7 +406,8 @@ py::tuple wordpiece_encode_batch(const fl::WordPieceTokenizer& tok, const py::li
     if (second_list.size() != first.size()) throw py::value_error("text_pairs must be as many as texts");
     b = utf8_items(second_list, "text_pair");
   }
-  fl::EncodeOptions options{add_special_tokens, max_length, static_cast<fl::Truncation>(truncation)};
+  fl::EncodeOptions options{add_special_tokens, max_length, static_cast<fl::Truncation>(truncation),
+                            truncate_left};
   fl::EncodedBatch enc;
   {
     py::gil_scoped_release no_gil;
@@ -754,16 +755,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<fl::WordPieceTokenizer>(m, "WordPieceTokenizer")
       .def(py::init([](const std::vector<std::string>& vocab, bool clean_text, bool handle_chinese_chars,
                        bool strip_accents, bool lowercase, int max_input_chars_per_word,
-                       const std::vector<std::string>& added_tokens) {
+                       const std::vector<std::tuple<std::string, int64_t, bool>>& added_tokens) {
+             std::vector<fl::AddedToken> added;
+             for (const auto& [content, id, normalized] : added_tokens) added.push_back({content, id, normalized});
              return std::make_unique<fl::WordPieceTokenizer>(
                  vocab, fl::NormalizerOptions{clean_text, handle_chinese_chars, strip_accents, lowercase},
-                 max_input_chars_per_word, added_tokens);
+                 max_input_chars_per_word, added);
            }),
            py::arg("vocab"), py::arg("clean_text"), py::arg("handle_chinese_chars"), py::arg("strip_accents"),
            py::arg("lowercase"), py::arg("max_input_chars_per_word"), py::arg("added_tokens"))
       .def("id_of", &fl::WordPieceTokenizer::id_of)
       .def("encode_batch", &wordpiece_encode_batch, py::arg("texts"), py::arg("pairs"),
-           py::arg("add_special_tokens"), py::arg("max_length"), py::arg("truncation"), py::arg("num_threads"));
+           py::arg("add_special_tokens"), py::arg("max_length"), py::arg("truncation"), py::arg("truncate_left"),
+           py::arg("num_threads"));
   py::class_<LazyPermutation>(m, "LazyPermutation")
       .def(py::init<int64_t, at::Generator>(), py::arg("n"), py::arg("generator"))
       .def("next", &LazyPermutation::next, py::arg("k"))

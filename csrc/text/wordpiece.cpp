@@ -138,7 +138,15 @@ void append_utf8(char32_t c, std::string& out) {
 }
 
 // HF tokenizers' pair truncation: lengths (n1, n2) that fit `budget` tokens.
-void truncate_pair(Truncation how, int64_t budget, std::vector<int64_t>& a, std::vector<int64_t>* b) {
+// Keeps n tokens of v: its first n, or (from the left) its last n.
+void keep(std::vector<int64_t>& v, size_t n, bool from_left) {
+  if (n >= v.size()) return;
+  if (from_left) v.erase(v.begin(), v.end() - std::ptrdiff_t(n));
+  else v.resize(n);
+}
+
+void truncate_pair(Truncation how, int64_t budget, std::vector<int64_t>& a, std::vector<int64_t>* b,
+                   bool from_left) {
   const int64_t total = int64_t(a.size()) + (b ? int64_t(b->size()) : 0);
   if (how == Truncation::None || total <= budget) return;
   if (budget == 0) {  // HF empties both, whatever the strategy
@@ -152,11 +160,11 @@ void truncate_pair(Truncation how, int64_t budget, std::vector<int64_t>& a, std:
     std::vector<int64_t>& target = how == Truncation::OnlySecond ? *b : a;
     if (int64_t(target.size()) <= excess)
       throw TextError("truncation: the sequence to truncate is too short for max_length");
-    target.resize(target.size() - size_t(excess));
+    keep(target, target.size() - size_t(excess), from_left);
     return;
   }
   if (!b) {
-    a.resize(size_t(std::max<int64_t>(0, int64_t(a.size()) - excess)));
+    keep(a, size_t(std::max<int64_t>(0, int64_t(a.size()) - excess)), from_left);
     return;
   }
   int64_t n1 = int64_t(a.size()), n2 = int64_t(b->size());
@@ -168,14 +176,14 @@ void truncate_pair(Truncation how, int64_t budget, std::vector<int64_t>& a, std:
     n2 = n1 + budget % 2;
   }
   if (swap) std::swap(n1, n2);
-  a.resize(size_t(std::min<int64_t>(n1, int64_t(a.size()))));
-  b->resize(size_t(std::min<int64_t>(n2, int64_t(b->size()))));
+  keep(a, size_t(n1), from_left);
+  keep(*b, size_t(n2), from_left);
 }
 
 }  // namespace
 
 WordPieceTokenizer::WordPieceTokenizer(const std::vector<std::string>& vocab, NormalizerOptions options,
-                                       int max_input_chars_per_word, const std::vector<std::string>& added_tokens)
+                                       int max_input_chars_per_word, const std::vector<AddedToken>& added_tokens)
     : options_(options), max_chars_(max_input_chars_per_word) {
   for (size_t i = 0; i < vocab.size(); ++i) {
     const std::string& t = vocab[i];
@@ -187,12 +195,49 @@ WordPieceTokenizer::WordPieceTokenizer(const std::vector<std::string>& vocab, No
   cls_ = id_of("[CLS]");
   sep_ = id_of("[SEP]");
   if (unk_ < 0 || cls_ < 0 || sep_ < 0) throw TextError("the vocab lacks one of [UNK], [CLS], [SEP]");
-  for (const std::string& t : added_tokens) {
-    const int64_t id = id_of(t);
-    if (id < 0) throw TextError("added token " + t + " is not in the vocab");
-    if (!t.empty()) added_.emplace_back(t, id);
+  for (const AddedToken& t : added_tokens) {
+    if (t.id < 0) throw TextError("added token " + t.content + " has a negative id");
+    if (t.content.empty()) continue;
+    if (!t.normalized) {
+      added_.emplace_back(t.content, t.id);
+      continue;
+    }
+    std::u32string text, norm;
+    decode_utf8(t.content, text);
+    normalize(text, norm);
+    if (!norm.empty()) normalized_.emplace_back(std::move(norm), t.id);
   }
 }
+
+namespace {
+
+// Where each of tokens first occurs in text (npos: nowhere): next_token's cache.
+template <typename Text, typename Tokens>
+std::vector<size_t> first_positions(Text text, const Tokens& tokens) {
+  std::vector<size_t> next;
+  next.reserve(tokens.size());
+  for (const auto& t : tokens) next.push_back(text.find(t.first));
+  return next;
+}
+
+// The leftmost occurrence at or after pos of any of tokens (the longest among those that
+// start there): (position, index), or npos. next[k] caches where tokens[k] next occurs,
+// so that a text full of them is searched once per token, not once per match.
+template <typename Text, typename Tokens>
+std::pair<size_t, size_t> next_token(Text text, size_t pos, const Tokens& tokens, std::vector<size_t>& next) {
+  size_t at = Text::npos, best = 0;
+  for (size_t k = 0; k < tokens.size(); ++k) {
+    if (next[k] != Text::npos && next[k] < pos) next[k] = text.find(tokens[k].first, pos);
+    const size_t f = next[k];
+    if (f < at || (f == at && f != Text::npos && tokens[k].first.size() > tokens[best].first.size())) {
+      at = f;
+      best = k;
+    }
+  }
+  return {at, best};
+}
+
+}  // namespace
 
 int64_t WordPieceTokenizer::id_of(std::string_view token) const {
   auto it = whole_.find(token);
@@ -273,21 +318,13 @@ void WordPieceTokenizer::word_pieces(const std::string& word, const std::vector<
 
 void WordPieceTokenizer::tokenize(std::string_view utf8, std::vector<int64_t>& out) const {
   size_t pos = 0;
+  std::vector<size_t> next = first_positions(utf8, added_);
   while (!added_.empty()) {  // the leftmost added token (the longest among equals), then the text before it
-    size_t at = std::string_view::npos, len = 0;
-    int64_t id = -1;
-    for (const auto& [token, token_id] : added_) {
-      const size_t f = utf8.find(token, pos);
-      if (f < at || (f == at && f != std::string_view::npos && token.size() > len)) {
-        at = f;
-        len = token.size();
-        id = token_id;
-      }
-    }
+    const auto [at, k] = next_token(utf8, pos, added_, next);
     if (at == std::string_view::npos) break;
     tokenize_plain(utf8.substr(pos, at - pos), out);
-    out.push_back(id);
-    pos = at + len;
+    out.push_back(added_[k].second);
+    pos = at + added_[k].first.size();
   }
   tokenize_plain(utf8.substr(pos), out);
 }
@@ -296,6 +333,21 @@ void WordPieceTokenizer::tokenize_plain(std::string_view utf8, std::vector<int64
   std::u32string text, norm;
   decode_utf8(utf8, text);
   normalize(text, norm);
+  const std::u32string_view view(norm);
+  size_t pos = 0;
+  std::vector<size_t> next = first_positions(view, normalized_);
+  while (!normalized_.empty()) {  // as in tokenize, in the normalized text
+    const auto [at, k] = next_token(view, pos, normalized_, next);
+    if (at == std::u32string_view::npos) break;
+    pre_tokenize(view.substr(pos, at - pos), out);
+    out.push_back(normalized_[k].second);
+    pos = at + normalized_[k].first.size();
+  }
+  pre_tokenize(view.substr(pos), out);
+}
+
+// BERT's pre-tokenizer (whitespace and punctuation splits), then WordPiece on each word.
+void WordPieceTokenizer::pre_tokenize(std::u32string_view norm, std::vector<int64_t>& out) const {
   std::string word;
   std::vector<uint32_t> ends;
   auto flush = [&] {
@@ -334,7 +386,8 @@ EncodedBatch WordPieceTokenizer::encode_batch(const std::vector<std::string_view
       if (second) tokenize((*second)[size_t(i)], b);
       // as HF tokenizers: a max_length below the special tokens truncates nothing
       if (options.truncation != Truncation::None && options.max_length >= specials)
-        truncate_pair(options.truncation, options.max_length - specials, a, second ? &b : nullptr);
+        truncate_pair(options.truncation, options.max_length - specials, a, second ? &b : nullptr,
+                      options.truncate_left);
       std::vector<int64_t>& out = ids[size_t(i)];
       std::vector<int64_t>& type = types[size_t(i)];
       out.reserve(a.size() + b.size() + size_t(specials));

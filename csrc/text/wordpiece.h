@@ -30,6 +30,15 @@ struct EncodeOptions {
   bool add_special_tokens = true;
   int64_t max_length = -1;  // with truncation: the length of each encoded item, specials included
   Truncation truncation = Truncation::None;
+  bool truncate_left = false;  // drop tokens from the start (HF's truncation_side="left")
+};
+
+// A token matched in the text before anything else, as HF's added tokens: in the raw
+// text, or (normalized) in the normalized text, its own content normalized likewise.
+struct AddedToken {
+  std::string content;
+  int64_t id;
+  bool normalized = false;
 };
 
 // Token ids of a batch, ragged: item i is ids[offsets[i], offsets[i + 1]).
@@ -42,9 +51,10 @@ struct EncodedBatch {
 class WordPieceTokenizer {
  public:
   // vocab[i] is the token of id i; continuation tokens start with "##". added_tokens
-  // (e.g. "[MASK]") are matched in the raw text before anything else, as HF does.
+  // (e.g. "[MASK]", or words added to a model, ids past the vocab) are split out of the
+  // text before WordPiece sees it, as HF does.
   WordPieceTokenizer(const std::vector<std::string>& vocab, NormalizerOptions options,
-                     int max_input_chars_per_word = 100, const std::vector<std::string>& added_tokens = {});
+                     int max_input_chars_per_word = 100, const std::vector<AddedToken>& added_tokens = {});
 
   int64_t id_of(std::string_view token) const;  // -1 when absent
   // The word-piece ids of one text (no special tokens).
@@ -63,6 +73,7 @@ class WordPieceTokenizer {
 
   void normalize(std::u32string_view text, std::u32string& out) const;
   void tokenize_plain(std::string_view utf8, std::vector<int64_t>& out) const;
+  void pre_tokenize(std::u32string_view norm, std::vector<int64_t>& out) const;
   void word_pieces(const std::string& word, const std::vector<uint32_t>& char_ends,
                    std::vector<int64_t>& out) const;
 
@@ -71,7 +82,8 @@ class WordPieceTokenizer {
   NormalizerOptions options_;
   int max_chars_;
   int64_t unk_ = -1, cls_ = -1, sep_ = -1;
-  std::vector<std::pair<std::string, int64_t>> added_;
+  std::vector<std::pair<std::string, int64_t>> added_;           // matched in the raw text
+  std::vector<std::pair<std::u32string, int64_t>> normalized_;   // in the normalized text
 };
 
 }  // namespace fastloader

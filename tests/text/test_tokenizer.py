@@ -201,3 +201,105 @@ def test_truncation_without_max_length_uses_the_model_length(corpora):
     text = " ".join(corpora["bbc"][:3])
     got = WordPieceTokenizer.from_pretrained(MODEL_DIR).encode(text, truncation=True)["input_ids"].tolist()
     assert got == with_warnings_quiet(_hf())(text, truncation=True)["input_ids"] and len(got) == 512
+
+
+def test_trailing_whitespace_on_vocab_lines_is_trimmed_as_hf(tmp_path):
+    from tokenizers import BertWordPieceTokenizer
+
+    path = tmp_path / "vocab.txt"
+    path.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello \nworld\t\n\u3000\nend\u00a0\n", encoding="utf-8")
+    texts = ["hello world", "end"]
+    ours = _ragged(WordPieceTokenizer.from_pretrained(path).encode_batch(texts))
+    assert ours == [e.ids for e in BertWordPieceTokenizer(str(path), lowercase=True).encode_batch(texts)]
+    bom = tmp_path / "bom" / "vocab.txt"
+    bom.parent.mkdir()
+    bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with pytest.raises(ValueError, match=r"vocab\.txt: the vocab has no \[PAD\] token .*byte-order mark"):
+        WordPieceTokenizer.from_pretrained(bom)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_max_length_without_truncation_and_max_length_padding_as_hf(corpora):
+    texts = corpora["tweets"][:50]
+    ours, ref = WordPieceTokenizer.from_pretrained(MODEL_DIR), _hf()
+    # a max_length without padding truncates (longest_first); with padding it does not
+    assert _ragged(ours.encode_batch(texts, max_length=9)) == ref(texts, max_length=9)["input_ids"]
+    short = ["a b", "c"]
+    got = ours.encode_batch(short, padding="max_length", max_length=6)["input_ids"].tolist()
+    assert got == ref(short, padding="max_length", max_length=6)["input_ids"]
+    assert ours.encode_batch(["hi"], padding="max_length")["input_ids"].tolist() == \
+        ref(["hi"], padding="max_length")["input_ids"]  # to the model's 512
+    assert ours.encode_batch(short, padding="do_not_pad")["input_ids"].tolist() == sum(ref(short)["input_ids"], [])
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_left_padding_and_truncation_as_hf(corpora, tmp_path):
+    import json
+    import shutil
+
+    model = tmp_path / "left"
+    shutil.copytree(MODEL_DIR, model)
+    conf_path = model / "tokenizer_config.json"
+    conf = json.loads(conf_path.read_text())
+    conf.update(padding_side="left", truncation_side="left")
+    conf_path.write_text(json.dumps(conf))
+    from transformers import BertTokenizerFast
+
+    ref = BertTokenizerFast.from_pretrained(str(model))
+    ours = WordPieceTokenizer.from_pretrained(model)
+    assert (ours.padding_side, ours.truncation_side) == ("left", "left")
+    texts, pairs = corpora["tweets"][:200], corpora["tweets"][200:400]
+    for kw in (dict(padding=True, truncation=True, max_length=12), dict(padding="max_length", max_length=40,
+                                                                        truncation="longest_first")):
+        got = ours.encode_batch(texts, pairs, **kw)
+        want = ref(texts, pairs, return_tensors="pt", **kw)
+        for key in ("input_ids", "token_type_ids", "attention_mask"):
+            assert torch.equal(got[key], want[key]), (kw, key)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_added_tokens_past_the_vocab_as_hf(corpora, tmp_path):
+    """A model saved after tokenizer.add_tokens / add_special_tokens: new ids past the
+    vocab, matched in the normalized text (added words) or the raw text (special ones)."""
+    from transformers import BertTokenizerFast
+
+    hf = BertTokenizerFast.from_pretrained(MODEL_DIR)
+    hf.add_tokens(["newword", "Ünïcode", "multi word"])
+    hf.add_special_tokens({"additional_special_tokens": ["<ent>", "[E1]"]})
+    hf.save_pretrained(tmp_path)
+    ref = BertTokenizerFast.from_pretrained(str(tmp_path))
+    texts = ["a NewWord here", "newwordnewword", "xnewwordy <ent>[E1]<ENT> multi  word", "UNICODE ünïcode!",
+             "[E1]" * 50 + "[MASK] newword " * 30] + corpora["tweets"][:300]
+    for source in (tmp_path, tmp_path / "tokenizer.json"):
+        ours = WordPieceTokenizer.from_pretrained(source)
+        assert _ragged(ours.encode_batch(texts)) == ref(texts)["input_ids"], source
+
+
+def test_many_special_tokens_in_one_text_take_linear_time():
+    import time
+
+    tok = WordPieceTokenizer.from_pretrained(MODEL_DIR)
+    started = time.perf_counter()
+    ids = tok.encode("[MASK] " * 50_000)["input_ids"]
+    assert len(ids) == 50_002 and time.perf_counter() - started < 5  # quadratic: minutes
+
+
+def test_a_tokenizer_json_that_is_not_bert_is_refused(tmp_path):
+    import json
+
+    spec = json.loads(open(os.path.join(MODEL_DIR, "tokenizer.json"), encoding="utf-8").read())
+    assert WordPieceTokenizer.from_pretrained(os.path.join(MODEL_DIR, "tokenizer.json"))  # BERT's own: fine
+    for key, value, message in [("pre_tokenizer", {"type": "WhitespaceSplit"}, "not BertPreTokenizer"),
+                                ("post_processor", None, "post_processor"),
+                                ("post_processor", {"type": "TemplateProcessing", "single": [], "pair": []},
+                                 "not BERT's")]:
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps(dict(spec, **{key: value})), encoding="utf-8")
+        with pytest.raises(ValueError, match=f"{key}.json: .*{message}"):
+            WordPieceTokenizer.from_pretrained(path)
+    single = dict(spec, added_tokens=spec["added_tokens"] + [{"id": len(spec["model"]["vocab"]), "content": "zz",
+                                                              "single_word": True, "normalized": True}])
+    path = tmp_path / "single.json"
+    path.write_text(json.dumps(single), encoding="utf-8")
+    with pytest.raises(ValueError, match="single.json: added token 'zz' is single_word"):
+        WordPieceTokenizer.from_pretrained(path)
