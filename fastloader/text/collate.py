@@ -60,7 +60,8 @@ class _PaddingStats:
 
 class PadCollator(_PaddingStats):
     """Pads `input_ids` (with `pad_token_id`), `token_type_ids` (0) and per-token `labels`
-    (-100) on the right, and adds `attention_mask`.
+    (-100, in their own dtype) on the right, and adds `attention_mask` (a sample's own is
+    replaced).
 
     `pad_to="longest"` pads to the longest sample of the batch; an int pads every batch to
     that length; `buckets=(64, 128, 256)` pads to the smallest bucket that holds the
@@ -104,7 +105,7 @@ class PadCollator(_PaddingStats):
                                "attention_mask": mask.long()}
         for key, fill in (("token_type_ids", 0), ("labels", IGNORE_INDEX)):
             if samples and key in samples[0] and _token_aligned(samples, key, lengths):
-                out[key] = scatter_padded(torch.cat([torch.as_tensor(s[key]).long() for s in samples]), mask, fill)
+                out[key] = scatter_padded(torch.cat([torch.as_tensor(s[key]) for s in samples]), mask, fill)
         rest = [k for k in (samples[0] if samples else {}) if k not in out]
         if rest:
             out.update(default_collate([{k: s[k] for k in rest} for s in samples]))
@@ -120,8 +121,9 @@ class PackCollator(_PaddingStats):
     layout of variable-length attention kernels) and `sequence_index` (the sample each
     packed sequence came from). Other per-token values (`token_type_ids`, `labels`) are
     packed alongside (0, or -100 for labels, on padding); per-sequence values (a class
-    label) are collated in packed order. `token_keys` names the keys that may hold per-token
-    values (packed when their length matches the ids)."""
+    label) are collated in packed order; a sample's own values under the names above
+    (`attention_mask`, `position_ids`...) are replaced by the packed ones. `token_keys`
+    names the keys that may hold per-token values (packed when their length matches the ids)."""
 
     def __init__(self, max_tokens: int, pad_token_id: int = 0,
                  token_keys: Sequence[str] = ("token_type_ids", "labels")) -> None:
@@ -169,7 +171,7 @@ class PackCollator(_PaddingStats):
             "max_seqlen": int(packed_lengths.max()) if len(ids) else 0, "sequence_index": order,
         }
         out.update(aligned)  # token-aligned values packed like the ids (labels: -100 on padding)
-        rest = [k for k in keys if k not in aligned]
+        rest = [k for k in keys if k not in out]  # a sample's own attention_mask... is recomputed
         if rest:  # per-sequence values, in packed order
             out.update(default_collate([{k: samples[i][k] for k in rest} for i in order.tolist()]))
         self.count(int(lengths.sum()), n_rows * width)

@@ -149,3 +149,19 @@ def test_pack_keeps_value_types():
                                       {"input_ids": [3], "id": "b", "labels": [1.5]}])
     assert out["id"] == ["a", "b"] and out["labels"].dtype == torch.float32
     assert out["labels"][0, :3].tolist() == [0.5, 2.5, 1.5]
+
+
+def test_samples_carrying_the_collators_own_outputs():
+    """A tokenizer's sample carries its own attention_mask (all ones): the collators
+    compute theirs and keep it; float per-token labels keep their dtype when padded."""
+    samples = [{"input_ids": torch.tensor([1, 2, 3]), "attention_mask": torch.tensor([1, 1, 1]),
+                "position_ids": torch.tensor([0, 1, 2]), "labels": [0.25, 0.5, 0.75]},
+               {"input_ids": torch.tensor([4, 5]), "attention_mask": torch.tensor([1, 1]),
+                "position_ids": torch.tensor([0, 1]), "labels": [1.0, 2.0]}]
+    packed = PackCollator(max_tokens=8)(samples)
+    assert packed["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0, 0, 0]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 0, 0]]
+    padded = PadCollator()([{k: v for k, v in s.items() if k != "position_ids"} for s in samples])
+    assert padded["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert padded["labels"].dtype == torch.float32
+    assert padded["labels"].tolist() == [[0.25, 0.5, 0.75], [1.0, 2.0, -100.0]]
