@@ -457,7 +457,11 @@ class LoaderIterator:
                     self._rng_now[w] = msg[2]
 
     def state(self) -> dict:
-        workers = [dict(w, rng_now=r) for w, r in zip(self._wstate, self._rng_now)]
+        # A worker whose stream has ended may still have a batch received and not yet
+        # yielded (a slower worker's was due first): it is not done until that one is.
+        waiting = {info[0] for info in getattr(self, "_task_info", {}).values() if len(info) == 3}
+        workers = [dict(w, rng_now=r, exhausted=w["exhausted"] and i not in waiting)
+                   for i, (w, r) in enumerate(zip(self._wstate, self._rng_now))]
         return {
             "version": STATE_VERSION,
             "finished": self._finished,

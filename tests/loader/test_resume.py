@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import random
+import time
 
 import numpy as np
 import pytest
@@ -275,3 +276,33 @@ def test_rng_capture_follows_every_python_draw():
         now = capture()
         assert now[1] == random.getstate() and now is not last and capture() is now
         last = now
+
+
+class SlowLastItem(torch.utils.data.IterableDataset):
+    """Worker 0's last item comes slowly: worker 1 reports its end before worker 0's last
+    batch, which is due before worker 1's last one."""
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        for i in range(info.id, 11, info.num_workers):
+            if i == 8:
+                time.sleep(0.5)
+            yield i
+
+
+@pytest.mark.parametrize("worker_type", ["process", "thread"])
+def test_a_batch_received_after_its_workers_end_is_not_lost_on_resume(worker_type):
+    def make():
+        return fastloader.DataLoader(SlowLastItem(), batch_size=2, num_workers=2, worker_type=worker_type)
+
+    full = [b.tolist() for b in make()]
+    assert full == [[0, 2], [1, 3], [4, 6], [5, 7], [8, 10], [9]]
+    loader = make()
+    it = iter(loader)
+    got = [next(it).tolist() for _ in range(5)]
+    time.sleep(0.3)  # worker 1's end is in, its last batch [9] waits for its turn
+    state = _roundtrip(loader.state_dict())
+    del it
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert got + [b.tolist() for b in resumed] == full
