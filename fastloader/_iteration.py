@@ -58,6 +58,8 @@ class LoaderIterator:
         self._created = time.perf_counter()
         if self._num_workers == 0 and self._timeout != 0:
             raise AssertionError("_SingleProcessDataLoaderIter requires timeout == 0")
+        if self._num_workers > 0 and not loader.prefetch_factor > 0:  # torch's constructor lets 0 by
+            raise AssertionError("prefetch_factor must be greater than 0 for MultiProcessingDataLoaderIter")
         self._pin_memory = loader.pin_memory and torch.accelerator.is_available()
         _warn_pin_memory(loader)
         self._pool = None

@@ -168,6 +168,23 @@ def test_misuse_raises_what_torch_raises(kwargs):
     assert error(fastloader.DataLoader) == expected
 
 
+@pytest.mark.parametrize("kwargs", [dict(num_workers=2, prefetch_factor=0),
+                                    dict(num_workers=2, prefetch_factor=0, persistent_workers=True)])
+def test_misuse_found_at_iter_raises_what_torch_raises(kwargs):
+    """torch's constructor takes prefetch_factor=0; its iterator refuses it."""
+    def error(cls):
+        loader = cls(SquareDataset(), batch_size=2, **kwargs)
+        try:
+            iter(loader)
+        except Exception as e:  # noqa: BLE001
+            return type(e), str(e)
+        return None
+
+    expected = error(tud.DataLoader)
+    assert expected is not None
+    assert error(fastloader.DataLoader) == expected
+
+
 def test_iterable_misuse_raises_what_torch_raises():
     for kwargs in [dict(shuffle=True), dict(sampler=[0]), dict(batch_sampler=[[0]])]:
         with pytest.raises(ValueError) as theirs:
