@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import _utils as torch_utils
 from torch.utils.data.dataloader import _DatasetKind
 
-from . import _collate_hook
+from . import _collate_hook, _position_rng
 from ._heap import keep_freed_memory
 from ._stream_collate import create_fetcher
 from ._worker_loop import WorkerSetup, _is_stateful
@@ -29,10 +29,6 @@ from ._workers import ProcessPool, ThreadPool, UnreadBatch, WorkerDied
 from .sampling import batch_indices, safe_to_draw_before_fork
 
 STATE_VERSION = 1
-
-
-def _capture_rng(generator) -> torch.Tensor:
-    return generator.get_state() if generator is not None else torch.get_rng_state()
 
 
 def _draw_base_seed(generator) -> int:
@@ -82,15 +78,15 @@ class LoaderIterator:
             if restore["finished"] or restore["pull_rng"] is None:
                 # Nothing of this epoch was drawn yet (or it ended): start it afresh,
                 # from where the saved loader would have started it.
-                if g is not None and restore["fresh_rng"] is not None:
-                    g.set_state(restore["fresh_rng"])
+                if restore["fresh_rng"] is not None:  # the global RNG is the user's to restore
+                    _position_rng.restore(loader, restore["fresh_rng"], with_global=False)
                 if loader.persistent_workers and restore["finished"]:
                     # its workers lived on: no new base seed, and their RNGs carry over
                     self._base_seed, first = restore["base_seed"], False
                     start_rngs = [w.get("rng_now") for w in restore["workers"]]
                 restore = None
         self._rng_now = start_rngs
-        self._iter_rng = _capture_rng(g)
+        self._iter_rng = _position_rng.capture(loader)
         self._pull_rng = None
         self._peeked = None
         self._pos = 0  # epoch position of the next batch index drawn
@@ -124,21 +120,14 @@ class LoaderIterator:
         else:
             self._start_workers(restore, replay_index)
 
-    def _set_rng(self, state) -> None:
-        g = self._loader.generator
-        if g is None:
-            torch.set_rng_state(state)
-        else:
-            g.set_state(state)
-
     def _fast_forward(self, restore: dict) -> None:
         """Re-draws the saved epoch's indices and skips the batches already yielded."""
-        g = self._loader.generator
-        user_rng = torch.get_rng_state() if g is None else None
+        loader = self._loader
+        user_rng = torch.get_rng_state()
         try:
-            self._set_rng(restore["iter_rng"])  # samplers may draw in iter() ...
-            self._sampler_iter = batch_indices(self._loader._index_sampler)
-            self._set_rng(restore["pull_rng"])  # ... or on their first next()
+            _position_rng.restore(loader, restore["iter_rng"])  # samplers may draw in iter() ...
+            self._sampler_iter = batch_indices(loader._index_sampler)
+            _position_rng.restore(loader, restore["pull_rng"])  # ... or on their first next()
             self._pull_rng = restore["pull_rng"]
             for done in range(restore["yielded_prefix"]):
                 try:
@@ -152,8 +141,7 @@ class LoaderIterator:
             except StopIteration:
                 self._peeked = StopIteration
         finally:
-            if user_rng is not None:
-                torch.set_rng_state(user_rng)
+            torch.set_rng_state(user_rng)
 
     def _worker_restore(self, w: int, replay_index) -> dict:
         ws = self._wstate[w]
@@ -250,7 +238,7 @@ class LoaderIterator:
                 raise StopIteration
             return peeked
         if self._pull_rng is None:
-            self._pull_rng = _capture_rng(self._loader.generator)
+            self._pull_rng = _position_rng.capture(self._loader)
         index = next(self._sampler_iter)
         pos = self._pos
         self._pos += 1
@@ -482,10 +470,7 @@ class LoaderIterator:
         }
 
     def _fresh_rng(self):
-        g = self._loader.generator
-        if g is None:
-            return None
-        return g.get_state() if self._finished else self._iter_rng
+        return _position_rng.capture(self._loader) if self._finished else self._iter_rng
 
     def stats(self) -> dict:
         t = self._times

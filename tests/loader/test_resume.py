@@ -306,3 +306,44 @@ def test_a_batch_received_after_its_workers_end_is_not_lost_on_resume(worker_typ
     resumed = make()
     resumed.load_state_dict(state)
     assert got + [b.tolist() for b in resumed] == full
+
+
+SAMPLERS = {
+    "replacement": lambda ds, g: torch.utils.data.RandomSampler(ds, replacement=True, generator=g),
+    "num_samples": lambda ds, g: torch.utils.data.RandomSampler(ds, num_samples=14, generator=g),
+    "weighted": lambda ds, g: torch.utils.data.WeightedRandomSampler([1.0 + i % 3 for i in range(len(ds))], 12,
+                                                                     generator=g),
+    "subset": lambda ds, g: torch.utils.data.SubsetRandomSampler(list(range(0, len(ds), 2)), generator=g),
+}
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("own_generator", [False, True])
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("cut", [2, 8])
+def test_samplers_drawing_from_the_global_rng_or_their_own_generator(sampler, own_generator, num_workers, cut):
+    """The loader has a generator, the sampler does not use it: it draws from torch's
+    global RNG, or from a generator of its own (cut 8 falls in the second epoch)."""
+    def make():
+        ds = SquareDataset(n=20)
+        g = torch.Generator().manual_seed(5) if own_generator else None
+        return fastloader.DataLoader(ds, batch_size=2, num_workers=num_workers, sampler=SAMPLERS[sampler](ds, g),
+                                     generator=torch.Generator().manual_seed(1))
+
+    torch.manual_seed(0)
+    reference = make()
+    expected = [b for _ in range(2) for b in reference]
+    torch.manual_seed(0)
+    first = make()
+    it = (b for _ in range(2) for b in first)
+    got = [next(it) for _ in range(cut)]
+    state, rng = _roundtrip(first.state_dict()), torch.get_rng_state()
+    del it, first
+    torch.manual_seed(123)  # a restarted process
+    second = make()
+    second.load_state_dict(state)
+    torch.set_rng_state(rng)  # what a training checkpoint restores beside the loader
+    epochs_left = 2 if cut < len(expected) // 2 else 1
+    for _ in range(epochs_left):
+        got += list(second)
+    assert_same(got, expected)
