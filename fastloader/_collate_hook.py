@@ -59,10 +59,21 @@ def _compiled_ok() -> bool:
     return not torch._C._is_torch_function_mode_enabled() and torch._C._len_torch_dispatch_stack() == 0
 
 
+def _as_in_a_torch_worker(batch) -> None:
+    """torch's collate in a worker first sizes a shared storage for the batch: an item
+    that is not a tensor, or fewer elements than the first item's shape asks, fail there
+    with its errors; so they do here."""
+    numel = sum(x.numel() for x in batch)  # AttributeError for a non-tensor
+    if numel < len(batch) * batch[0].numel():
+        raise RuntimeError("Trying to resize storage that is not resizable")
+
+
 def collate_tensor_fn(batch, *, collate_fn_map=None):
     if _fetching():
         elem = batch[0]
         if type(elem) is torch.Tensor and elem.layout == torch.strided and not elem.is_nested:
+            if torch.utils.data.get_worker_info() is not None:
+                _as_in_a_torch_worker(batch)
             ok = _compiled_ok()
             if _process_arena is None or elem.device.type != "cpu":
                 stacked = _C.stack_plain(batch) if ok else None

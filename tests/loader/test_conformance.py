@@ -281,3 +281,31 @@ def test_len_is_not_called_before_the_workers_fork():
         return [b.tolist() for b in cls(OpensLazily(), batch_size=4, num_workers=1)]
 
     assert run(fastloader.DataLoader) == run(tud.DataLoader) == [[1, 1, 1, 1], [1, 1, 1, 1]]
+
+
+COLLATE_MISMATCHES = {
+    "int after a tensor": lambda: [torch.tensor(1), 2],
+    "array after a tensor": lambda: [torch.tensor([1.0]), np.zeros(1)],
+    "large arrays, second smaller": lambda: [np.zeros((100, 100)), np.zeros((100, 99))],
+    "large array then int": lambda: [np.zeros((100, 100)), 3],
+    "large arrays, second larger": lambda: [np.zeros((100, 99)), np.zeros((100, 100))],
+    "small arrays of two shapes": lambda: [np.zeros(3), np.zeros(4)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(COLLATE_MISMATCHES))
+@pytest.mark.parametrize("worker_type", ["process", "thread"])
+def test_collate_errors_in_workers_are_torchs(case, worker_type):
+    """In a worker, torch's collate sizes a shared storage before it stacks: a batch that
+    does not fit fails there, with other errors than in the main process."""
+    def error(make_loader):
+        try:
+            list(make_loader(COLLATE_MISMATCHES[case]()))
+        except Exception as e:  # noqa: BLE001
+            return type(e), str(e).strip().splitlines()[-1]
+        return None
+
+    expected = error(lambda items: tud.DataLoader(items, batch_size=2, num_workers=1))
+    assert expected is not None
+    assert error(lambda items: fastloader.DataLoader(items, batch_size=2, num_workers=1,
+                                                     worker_type=worker_type)) == expected
