@@ -260,8 +260,9 @@ class WordPieceTokenizer:
         return pad_ragged(ids, types, offsets, width, self.pad_token_id, left=self.padding_side == "left")
 
     def encode(self, text: str, text_pair: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """One text (and pair): 1-D input_ids, token_type_ids, attention_mask."""
-        out = self.encode_batch([text], None if text_pair is None else [text_pair], **kwargs)
+        """One text (and pair): 1-D input_ids, token_type_ids, attention_mask. An empty
+        pair is no pair, as in HF's call on one text (in a batch it is a pair)."""
+        out = self.encode_batch([text], [text_pair] if text_pair else None, **kwargs)
         if "offsets" in out:
             out.pop("offsets")
             return out

@@ -303,3 +303,10 @@ def test_a_tokenizer_json_that_is_not_bert_is_refused(tmp_path):
     path.write_text(json.dumps(single), encoding="utf-8")
     with pytest.raises(ValueError, match="single.json: added token 'zz' is single_word"):
         WordPieceTokenizer.from_pretrained(path)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_an_empty_pair_as_hf_treats_it_alone_and_in_a_batch():
+    ours, ref = WordPieceTokenizer.from_pretrained(MODEL_DIR), _hf()
+    assert ours.encode("abc", "")["input_ids"].tolist() == ref("abc", "")["input_ids"]
+    assert _ragged(ours.encode_batch(["abc"], [""])) == ref(["abc"], [""])["input_ids"]
