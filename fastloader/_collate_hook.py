@@ -59,26 +59,34 @@ def _compiled_ok() -> bool:
     return not torch._C._is_torch_function_mode_enabled() and torch._C._len_torch_dispatch_stack() == 0
 
 
-def _as_in_a_torch_worker(batch) -> None:
-    """torch's collate in a worker first sizes a shared storage for the batch: an item
-    that is not a tensor, or fewer elements than the first item's shape asks, fail there
-    with its errors; so they do here."""
-    numel = sum(x.numel() for x in batch)  # AttributeError for a non-tensor
+def _torch_worker_error(batch) -> Exception | None:
+    """What torch's collate in a worker fails with first, where it sizes a shared storage
+    for the batch before it stacks: an item that is not a tensor, or fewer elements than
+    the first item's shape asks for. None where it would fail later, as stack does."""
+    try:
+        numel = sum(x.numel() for x in batch)
+    except AttributeError as e:
+        return e
     if numel < len(batch) * batch[0].numel():
-        raise RuntimeError("Trying to resize storage that is not resizable")
+        return RuntimeError("Trying to resize storage that is not resizable")
+    return None
 
 
 def collate_tensor_fn(batch, *, collate_fn_map=None):
     if _fetching():
         elem = batch[0]
         if type(elem) is torch.Tensor and elem.layout == torch.strided and not elem.is_nested:
-            if torch.utils.data.get_worker_info() is not None:
-                _as_in_a_torch_worker(batch)
-            ok = _compiled_ok()
-            if _process_arena is None or elem.device.type != "cpu":
-                stacked = _C.stack_plain(batch) if ok else None
-                return stacked if stacked is not None else torch.stack(batch, 0)
-            return _process_arena.stack(batch, fast=ok)
+            try:
+                ok = _compiled_ok()
+                if _process_arena is None or elem.device.type != "cpu":
+                    stacked = _C.stack_plain(batch) if ok else None
+                    return stacked if stacked is not None else torch.stack(batch, 0)
+                return _process_arena.stack(batch, fast=ok)
+            except (TypeError, RuntimeError):  # a batch that does not stack
+                error = _torch_worker_error(batch) if torch.utils.data.get_worker_info() is not None else None
+                if error is None:
+                    raise
+                raise error from None
     return _torch_fns[torch.Tensor](batch, collate_fn_map=collate_fn_map)
 
 
