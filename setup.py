@@ -38,8 +38,10 @@ cu = cuda_sources()
 # FASTLOADER_SANITIZE=1: an AddressSanitizer + UBSan build, for .ci/sanitize.
 sanitize = os.environ.get("FASTLOADER_SANITIZE") == "1"
 sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
-cxx_flags = ["-O1" if sanitize else "-O3", "-std=c++20", "-Wall", "-Wno-unknown-pragmas", *simd_flags(),
-             *(sanitizers if sanitize else [])]
+# -ffp-contract=off: a * b - c rounded twice, as torch computes it (GCC would fuse it into
+# one FMA, and float outputs would no longer equal torch's ops bit for bit).
+cxx_flags = ["-O1" if sanitize else "-O3", "-std=c++20", "-Wall", "-Wno-unknown-pragmas", "-ffp-contract=off",
+             *simd_flags(), *(sanitizers if sanitize else [])]
 common = dict(
     name="fastloader._C",
     libraries=["jpeg"],

@@ -180,6 +180,20 @@ std::vector<std::string> augment_batch(const py::list& images, torch::Tensor geo
   return fl::augment_batch(batch.sources, geo, spec, dst);
 }
 
+// Whether the kernel computes float values from `recipe` (it reproduces `lut` bit for bit)
+// rather than looking them up: for tests.
+bool recipe_reproduces_table(torch::Tensor lut, torch::Tensor recipe, int mode) {
+  fl::BatchSpec spec;
+  spec.mode = static_cast<fl::ColorMode>(mode);
+  const int64_t channels = fl::channels_of(spec.mode);
+  torch::Tensor table = lut.to(torch::kFloat32).contiguous(), steps = recipe.to(torch::kFloat32).contiguous();
+  if (table.numel() != channels * 256 || steps.numel() != channels * 3)
+    throw py::value_error("lut must hold channels x 256 values, recipe channels x 3");
+  spec.lut = table.data_ptr<float>();
+  spec.recipe = steps.data_ptr<float>();
+  return fl::checked_recipe(spec) != nullptr;
+}
+
 torch::Tensor sample_resized_crops(torch::Tensor sizes, double scale_lo, double scale_hi,
                                   double ratio_lo, double ratio_hi, uint64_t seed) {
   if (sizes.scalar_type() != torch::kInt64 || sizes.dim() != 2 || sizes.size(1) != 2)
@@ -749,6 +763,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("out"), py::arg("mode"), py::arg("layout"), py::arg("lut"),
         py::arg("apply_orientation"), py::arg("dct_scaling"), py::arg("fast_idct"), py::arg("max_pixels"),
         py::arg("max_scans"), py::arg("num_threads"), py::arg("recipe") = py::none());
+  m.def("recipe_reproduces_table", &recipe_reproduces_table, py::arg("lut"), py::arg("recipe"), py::arg("mode"));
   m.def("sample_resized_crops", &sample_resized_crops, py::arg("sizes"), py::arg("scale_lo"),
         py::arg("scale_hi"), py::arg("ratio_lo"), py::arg("ratio_hi"), py::arg("seed"));
   py::register_exception<fl::TextError>(m, "TextError", PyExc_ValueError);

@@ -159,19 +159,6 @@ void write_sample(const uint8_t* pixels, const BatchSpec& spec, bool flip, const
     write_sample<T, 1, true>(pixels, H, W, flip, table, row, out);  // one channel: same layout
 }
 
-// spec.recipe when it computes exactly spec.lut, value for value, in float32 (so whatever
-// made the table, the output is the same); else null.
-const float* checked_recipe(const BatchSpec& spec) {
-  if (!spec.recipe || !spec.lut) return nullptr;
-  for (int c = 0; c < channels_of(spec.mode); ++c) {
-    const float* r = spec.recipe + 3 * c;
-    for (int v = 0; v < 256; ++v) {
-      const float value = (float(v) * r[0] - r[1]) / r[2];
-      if (std::memcmp(&value, &spec.lut[c * 256 + v], sizeof(float)) != 0) return nullptr;
-    }
-  }
-  return spec.recipe;
-}
 
 struct OutputTables {
   std::vector<uint8_t> u8;
@@ -286,6 +273,20 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
 }
 
 }  // namespace
+
+// spec.recipe when it computes exactly spec.lut, value for value, in float32 (so whatever
+// made the table, the output is the same); else null.
+const float* checked_recipe(const BatchSpec& spec) {
+  if (!spec.recipe || !spec.lut) return nullptr;
+  for (int c = 0; c < channels_of(spec.mode); ++c) {
+    const float* r = spec.recipe + 3 * c;
+    for (int v = 0; v < 256; ++v) {
+      const float value = (float(v) * r[0] - r[1]) / r[2];
+      if (std::memcmp(&value, &spec.lut[c * 256 + v], sizeof(float)) != 0) return nullptr;
+    }
+  }
+  return spec.recipe;
+}
 
 // A DCT-scaled decode filters differently from the bilinear resize (each block keeps its
 // low frequencies exactly): decoding at 1.5x the output size or more keeps every sample

@@ -68,6 +68,10 @@ std::vector<std::string> augment_batch(const std::vector<ImageSource>& images,
                                        const std::vector<SampleGeometry>& geometry,
                                        const BatchSpec& spec, void* out);
 
+// spec.recipe when it computes exactly spec.lut, value for value, in float32 (the kernel
+// then computes values rather than look them up); else null.
+const float* checked_recipe(const BatchSpec& spec);
+
 // The DCT scale (k of k/8, k in 1, 2, 4, 8) decode would use: the smallest that keeps the
 // decoded box at least 1.5x as large as the resized box in both axes.
 int choose_dct_scale(int width, int height, const SampleGeometry& g);

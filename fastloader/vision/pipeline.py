@@ -81,6 +81,13 @@ def _two_flips(p: float, q: float) -> float:
     return p * (1 - q) + q * (1 - p)
 
 
+def _encoded_bytes_array(images: Any) -> bool:
+    """A 1-D byte array or tensor: one encoded image, not a batch (a 1-D object array of
+    encoded images is one)."""
+    dtype = getattr(images, "dtype", None)
+    return getattr(images, "ndim", None) == 1 and str(dtype) in ("uint8", "int8", "torch.uint8", "torch.int8")
+
+
 def _value_table(plan: _Plan, channels: int) -> torch.Tensor | None:
     """channels x 256 float32 table of what the ToDtype/Normalize ops make of each uint8
     value: the ops run on a tensor of the 256 values as torchvision's v2 functionals run
@@ -124,6 +131,7 @@ def _value_recipe(plan: _Plan, channels: int) -> torch.Tensor | None:
     if plan.dtype != torch.float32:
         return None
     dtype, multiplier, mean, std = torch.uint8, 1.0, (0.0,), (1.0,)
+    normalized = False
     for op in plan.value_ops:
         if isinstance(op, ToDtype):
             if op.dtype != dtype:
@@ -131,10 +139,10 @@ def _value_recipe(plan: _Plan, channels: int) -> torch.Tensor | None:
                     return None
                 multiplier = 1.0 / 255 if op.scale else 1.0
                 dtype = op.dtype
-        elif dtype != torch.float32 or std != (1.0,):
+        elif dtype != torch.float32 or normalized:
             return None
         else:
-            mean, std = op.mean, op.std
+            mean, std, normalized = op.mean, op.std, True
     steps = torch.empty(channels, 3, dtype=torch.float32)
     steps[:, 0] = multiplier
     steps[:, 1] = torch.tensor(mean, dtype=torch.float32).expand(channels)
@@ -228,7 +236,7 @@ class ImagePipeline:
     def __call__(
         self, images: Sequence[Any], *, keys: Sequence[object] | None = None, out: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(images, (bytes, bytearray, memoryview, str)) or getattr(images, "ndim", None) == 1:
+        if isinstance(images, (bytes, bytearray, memoryview, str)) or _encoded_bytes_array(images):
             raise TypeError("an ImagePipeline takes a batch: a list of encoded images (for one image, "
                             f"pass [image]), got {type(images).__name__}")
         n = len(images)

@@ -211,6 +211,8 @@ def test_computed_float_values_equal_torch_ops(images, values, has_recipe):
         mul, m, sd = (pipe.recipe[:, k, None].numpy() for k in range(3))
         computed = (np.arange(256, dtype=np.float32) * mul - m) / sd
         assert computed.dtype == np.float32 and computed.tobytes() == pipe.lut.numpy().tobytes()
+        # and the compiled check agrees (a fused multiply-subtract would round otherwise)
+        assert _C.recipe_reproduces_table(pipe.lut, pipe.recipe, pipe.mode_code)
     assert torch.equal(pipe(datas), ref)
     if has_recipe:
         pipe.recipe = pipe.recipe * 1.001  # off by a little: must fall back to the table
@@ -403,7 +405,11 @@ def test_torchvision_argument_forms(images):
     assert ImagePipeline([RandomResizedCrop(32, scale=(0.0, 1.0))])(datas).shape == (4, 3, 32, 32)
     scalar = Normalize(0.5, 0.25, inplace=True)
     assert (scalar.mean, scalar.std) == ((0.5,), (0.25,))
-    for one in (datas[0], bytearray(datas[0]), torch.frombuffer(bytearray(datas[0]), dtype=torch.uint8)):
+    as_objects = np.empty(len(datas), dtype=object)
+    as_objects[:] = datas
+    assert torch.equal(ImagePipeline([CenterCrop(8)])(as_objects), ImagePipeline([CenterCrop(8)])(datas))
+    for one in (datas[0], bytearray(datas[0]), torch.frombuffer(bytearray(datas[0]), dtype=torch.uint8),
+                np.frombuffer(datas[0], dtype=np.uint8)):
         for on_error in ("raise", "skip"):
             with pytest.raises(TypeError, match=r"a batch.*\[image\]"):
                 ImagePipeline([CenterCrop(8)], on_error=on_error)(one)
