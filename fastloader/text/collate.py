@@ -29,6 +29,13 @@ def _token_aligned(samples: list[dict], key: str, lengths: list[int]) -> bool:
     return all(torch.as_tensor(s[key]).dim() == 1 and len(s[key]) == n for s, n in zip(samples, lengths))
 
 
+def _token_values(values) -> torch.Tensor:
+    """Per-token values as a tensor: floats as they are (soft labels), integers as int64
+    (what the losses take, and room for the -100 of padding)."""
+    t = torch.as_tensor(values)
+    return t if t.is_floating_point() else t.long()
+
+
 def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     """(N, width) bool: True on the first lengths[i] places of row i."""
     return torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
@@ -60,7 +67,7 @@ class _PaddingStats:
 
 class PadCollator(_PaddingStats):
     """Pads `input_ids` (with `pad_token_id`), `token_type_ids` (0) and per-token `labels`
-    (-100, in their own dtype) on the right, and adds `attention_mask` (a sample's own is
+    (-100; float labels keep their dtype, integer ones become int64) on the right, and adds `attention_mask` (a sample's own is
     replaced).
 
     `pad_to="longest"` pads to the longest sample of the batch; an int pads every batch to
@@ -105,7 +112,7 @@ class PadCollator(_PaddingStats):
                                "attention_mask": mask.long()}
         for key, fill in (("token_type_ids", 0), ("labels", IGNORE_INDEX)):
             if samples and key in samples[0] and _token_aligned(samples, key, lengths):
-                out[key] = scatter_padded(torch.cat([torch.as_tensor(s[key]) for s in samples]), mask, fill)
+                out[key] = scatter_padded(torch.cat([_token_values(s[key]) for s in samples]), mask, fill)
         rest = [k for k in (samples[0] if samples else {}) if k not in out]
         if rest:
             out.update(default_collate([{k: s[k] for k in rest} for s in samples]))
@@ -151,7 +158,7 @@ class PackCollator(_PaddingStats):
         aligned = {}
         for k in self.token_keys:
             if k in keys and _token_aligned(samples, k, lengths.tolist()):
-                dtype = torch.as_tensor(samples[0][k]).dtype
+                dtype = _token_values(samples[0][k]).dtype
                 aligned[k] = torch.full((n_rows, width), IGNORE_INDEX if k == "labels" else 0, dtype=dtype)
         fill = [0] * n_rows
         for packed, i in enumerate(order.tolist()):

@@ -165,3 +165,16 @@ def test_samples_carrying_the_collators_own_outputs():
     assert padded["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert padded["labels"].dtype == torch.float32
     assert padded["labels"].tolist() == [[0.25, 0.5, 0.75], [1.0, 2.0, -100.0]]
+
+
+def test_small_integer_labels_are_padded_as_int64():
+    """-100 does not fit uint8 (it wrapped to 156) and losses take int64."""
+    samples = [{"input_ids": [1, 2, 3], "labels": torch.tensor([1, 2, 3], dtype=torch.uint8),
+                "token_type_ids": torch.tensor([0, 0, 1], dtype=torch.int32)},
+               {"input_ids": [4], "labels": torch.tensor([5], dtype=torch.uint8),
+                "token_type_ids": torch.tensor([0], dtype=torch.int32)}]
+    padded = PadCollator()(samples)
+    assert padded["labels"].dtype == torch.int64 and padded["labels"].tolist() == [[1, 2, 3], [5, -100, -100]]
+    assert padded["token_type_ids"].dtype == torch.int64
+    packed = PackCollator(max_tokens=6)(samples)
+    assert packed["labels"].dtype == torch.int64 and packed["labels"].tolist() == [[1, 2, 3, 5, -100, -100]]
