@@ -6,7 +6,9 @@ import glob
 import gzip
 import os
 import re
+import select
 import subprocess
+import time
 from collections.abc import Iterable, Iterator
 
 from ..errors import ShardError
@@ -18,6 +20,7 @@ _PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size
 _GZIP_MAGIC = b"\x1f\x8b"
 _NOT_SHARDS = (INDEX_SUFFIX, ".part")  # and ShardWriter's unfinished shards
 _EXIT_WAIT_S = 10  # for a command whose output has ended, to exit
+_DRAIN_BYTES, _DRAIN_S = 1 << 20, 0.2  # what is left of a pipe read at close, and how long it may take
 
 
 def scheme_of(url: str) -> str:
@@ -78,9 +81,12 @@ def open_stream(url: str, allow_pipe: bool = False):
     source = _Peeked(_open_raw(url, allow_pipe))
     try:
         gzipped = source.starts_with(_GZIP_MAGIC)
-    except BaseException:
-        source.close()
-        raise
+    except Exception as e:  # the first read: a network or file error, named as a read's
+        try:
+            source.close()
+        except ShardError:
+            pass
+        raise ShardError(f"read failed: {e}", url=url) from e
     return _Gunzipped(source) if gzipped else source
 
 
@@ -182,6 +188,8 @@ class _PipeStream:
         # Output read to the end: the command is exiting, and its status counts (it may
         # still be running for a moment after closing its output). Stopped earlier: the
         # rest is not wanted, and the command is killed.
+        if not self.ended:
+            self._drain()
         killed = False
         if self.ended:
             try:
@@ -195,6 +203,23 @@ class _PipeStream:
         status = self.proc.wait()
         if status != 0 and not killed:
             raise ShardError(f"pipe command exited with status {status}", url=self.url)
+
+
+    def _drain(self) -> None:
+        """Reads what is left while it comes at once, up to a limit: a reader that stopped
+        at the archive's end marker leaves only its padding, and the command's exit status
+        is then read rather than killed."""
+        fd = self.proc.stdout.fileno()
+        left, deadline = _DRAIN_BYTES, time.monotonic() + _DRAIN_S
+        while left > 0:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                return
+            got = os.read(fd, min(left, _PIECE))
+            if not got:
+                self.ended = True
+                return
+            left -= len(got)
 
 
 def read_chunks(stream, chunk_size: int) -> Iterator[memoryview]:

@@ -249,6 +249,10 @@ def test_a_pipe_commands_exit_status_counts_once_its_output_has_ended(ref_shards
     url = f"pipe:cat {shard}; exec 1>&-; sleep 0.3; exit 4"
     with pytest.raises(fastloader.ShardError, match="exited with status 4"):
         list(fastloader.WebDataset(url, allow_pipe=True))
+    # the reader stops at the archive's end marker, before the output's end: the rest is
+    # drained and the status read
+    with pytest.raises(fastloader.ShardError, match="exited with status 5"):
+        list(fastloader.WebDataset(f"pipe:cat {shard}; exit 5", allow_pipe=True, chunk_size=4096))
     # stopping early kills the command, which is no error
     early = fastloader.WebDataset(f"pipe:cat {shard}; exec sleep 30", allow_pipe=True, chunk_size=4096)
     started = time.monotonic()
@@ -304,3 +308,29 @@ def test_a_large_sample_shard_cut_short_while_read_is_a_clear_error(tmp_path):
     with pytest.raises(fastloader.ShardError, match="shorter than its index") as err:
         list(it)
     assert err.value.url == path and err.value.offset > 0
+
+
+def test_a_failing_first_read_is_a_shard_error(ref_shards, monkeypatch):
+    """The first bytes are read to tell gzip: a network error there is the shard's
+    failure, named, and skipped with on_error="skip" like any read error."""
+    from fastloader.shards import urls
+
+    class Broken:
+        def readinto(self, b):
+            raise ConnectionResetError("connection reset by peer")
+
+        def close(self):
+            pass
+
+    _, paths = ref_shards
+    real = urls._open_raw
+    monkeypatch.setattr(urls, "_open_raw", lambda url, allow: Broken() if url.endswith("broken.tar") else real(url, allow))
+    fs = fsspec.filesystem("memory")
+    with open(paths[0], "rb") as f:
+        fs.pipe("/first-read/good.tar", f.read())
+    with pytest.raises(fastloader.ShardError, match="read failed: connection reset") as e:
+        list(fastloader.WebDataset("memory://first-read/broken.tar"))
+    assert e.value.url == "memory://first-read/broken.tar"
+    ds = fastloader.WebDataset(["memory://first-read/broken.tar", "memory://first-read/good.tar"],
+                               shard_shuffle=False, on_error="skip")
+    assert len(list(ds)) == 50 and ds.stats()["failures"] == 1
