@@ -20,7 +20,7 @@ _PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size
 _GZIP_MAGIC = b"\x1f\x8b"
 _NOT_SHARDS = (INDEX_SUFFIX, ".part")  # and ShardWriter's unfinished shards
 _EXIT_WAIT_S = 10  # for a command whose output has ended, to exit
-_DRAIN_BYTES, _DRAIN_S = 1 << 20, 0.2  # what is left of a pipe read at close, and how long it may take
+_DRAIN_BYTES, _DRAIN_S = 4 << 20, 0.2  # what is left of a pipe read at close, and how long it may take
 
 
 def scheme_of(url: str) -> str:
