@@ -17,9 +17,21 @@ inline bool is_xmp_payload(const uint8_t* p, size_t n) {
   return n >= kXmpHeader.size() && std::memcmp(p, kXmpHeader.data(), kXmpHeader.size()) == 0;
 }
 
-// The orientation tag's value in an Exif payload's first IFD, as PIL reads it: the first
-// of its values when it holds integers (SHORT, LONG, SSHORT, SLONG), 0 (no orientation,
-// but present) for another type; nullopt when absent or malformed.
+// Bytes per value of each TIFF field type PIL reads (0: a type PIL does not know).
+inline size_t tiff_type_size(uint32_t type) {
+  switch (type) {
+    case 1: case 2: case 6: case 7: return 1;  // BYTE, ASCII, SBYTE, UNDEFINED
+    case 3: case 8: return 2;                  // SHORT, SSHORT
+    case 4: case 9: case 11: case 13: return 4;  // LONG, SLONG, FLOAT, IFD
+    case 5: case 10: case 12: case 16: return 8;  // RATIONAL, SRATIONAL, DOUBLE, LONG8
+    default: return 0;
+  }
+}
+
+// The orientation tag's value in an Exif payload's first IFD, as PIL reads it: its first
+// value when that is a whole number (an integer type, a rational or a float), 0 (present,
+// but no orientation) for bytes, text or a fraction; nullopt when absent, of a type PIL
+// skips, or malformed.
 inline std::optional<int64_t> exif_orientation_tag(const uint8_t* p, size_t n) {
   if (n < 14 || !is_exif_payload(p, n)) return std::nullopt;
   p += 6;
@@ -32,6 +44,9 @@ inline std::optional<int64_t> exif_orientation_tag(const uint8_t* p, size_t n) {
   auto u32 = [&](size_t at) -> uint32_t {
     return little ? u16(at) | u16(at + 2) << 16 : u16(at) << 16 | u16(at + 2);
   };
+  auto u64 = [&](size_t at) -> uint64_t {
+    return little ? u32(at) | uint64_t(u32(at + 4)) << 32 : uint64_t(u32(at)) << 32 | u32(at + 4);
+  };
   if (u16(2) != 42) return std::nullopt;
   const size_t ifd = u32(4);
   if (ifd > n || n - ifd < 2) return std::nullopt;
@@ -41,19 +56,41 @@ inline std::optional<int64_t> exif_orientation_tag(const uint8_t* p, size_t n) {
     if (entry > n || n - entry < 12) return std::nullopt;
     if (u16(entry) != 0x0112) continue;
     const uint32_t type = u16(entry + 2), values = u32(entry + 4);
-    const size_t size = type == 3 || type == 8 ? 2 : type == 4 || type == 9 ? 4 : 0;
-    if (size == 0) return 0;  // PIL gets bytes, a string or a fraction: no orientation
-    if (values == 0) return std::nullopt;
+    const size_t size = tiff_type_size(type);
+    if (size == 0 || values == 0) return std::nullopt;
     size_t at = entry + 8;  // the values themselves when they fit in 4 bytes, else their offset
-    if (values > 4 / size) {
+    if (uint64_t(values) * size > 4) {
       at = u32(entry + 8);
       if (at > n || n - at < size) return std::nullopt;
     }
+    auto whole = [](double v) -> int64_t {  // a float or fraction that is a whole number
+      return v == v && v >= -1e9 && v <= 1e9 && v == double(int64_t(v)) ? int64_t(v) : 0;
+    };
     switch (type) {
       case 3: return u16(at);
-      case 4: return u32(at);
+      case 4: case 13: return u32(at);
+      case 6: return int8_t(p[at]);
       case 8: return int16_t(u16(at));
-      default: return int32_t(u32(at));
+      case 9: return int32_t(u32(at));
+      case 16: return u64(at) > 8 ? 0 : int64_t(u64(at));
+      case 5: case 10: {
+        const double num = type == 5 ? double(u32(at)) : double(int32_t(u32(at)));
+        const double den = type == 5 ? double(u32(at + 4)) : double(int32_t(u32(at + 4)));
+        return den == 0 ? 0 : whole(num / den);
+      }
+      case 11: {
+        const uint32_t bits = u32(at);
+        float f;
+        std::memcpy(&f, &bits, 4);
+        return whole(f);
+      }
+      case 12: {
+        const uint64_t bits = u64(at);
+        double d;
+        std::memcpy(&d, &bits, 8);
+        return whole(d);
+      }
+      default: return 0;  // bytes or text
     }
   }
   return std::nullopt;

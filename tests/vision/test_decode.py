@@ -22,14 +22,25 @@ def _app1(payload: bytes) -> bytes:
     return b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
 
 
-def _exif(tag_type: int, value: int, count: int = 1, little: bool = True) -> bytes:
-    """An Exif APP1 payload whose first IFD holds one orientation entry of the given type."""
-    order = "little" if little else "big"
-    size = {1: 1, 3: 2, 4: 4, 8: 2, 9: 4}[tag_type]
-    inline = value.to_bytes(size, order, signed=tag_type in (8, 9)).ljust(4, b"\0")
-    entry = (0x0112).to_bytes(2, order) + tag_type.to_bytes(2, order) + count.to_bytes(4, order) + inline
-    ifd = (1).to_bytes(2, order) + entry + bytes(4)
-    return b"Exif\0\0" + (b"II" if little else b"MM") + (42).to_bytes(2, order) + (8).to_bytes(4, order) + ifd
+_TIFF_FORMATS = {1: "B", 3: "H", 4: "I", 5: "II", 6: "b", 8: "h", 9: "i", 10: "ii", 11: "f", 12: "d", 13: "I",
+                 16: "Q", 20: "I"}  # 20: a type PIL does not know
+
+
+def _exif(tag_type: int, value, count: int = 1, little: bool = True) -> bytes:
+    """An Exif APP1 payload whose first IFD holds one orientation entry of the given type
+    (a rational's value is a (numerator, denominator) pair), out of line when over 4 bytes."""
+    import struct
+
+    order = "<" if little else ">"
+    fmt = _TIFF_FORMATS[tag_type]
+    one = struct.pack(order + fmt, *(value if isinstance(value, tuple) else (value,)))
+    data = one * count
+    header = (b"II" if little else b"MM") + struct.pack(order + "HI", 42, 8)
+    ifd_size = 2 + 12 + 4
+    field = data.ljust(4, b"\0") if len(data) <= 4 else struct.pack(order + "I", 8 + ifd_size)
+    entry = struct.pack(order + "HHI", 0x0112, tag_type, count) + field
+    ifd = struct.pack(order + "H", 1) + entry + bytes(4)
+    return b"Exif\0\0" + header + ifd + (data if len(data) > 4 else b"")
 
 
 def _xmp(orientation: str) -> bytes:
@@ -39,12 +50,15 @@ def _xmp(orientation: str) -> bytes:
 
 @pytest.mark.parametrize("segments", [
     [_exif(4, 6)], [_exif(1, 8)], [_exif(8, 3, little=False)], [_exif(9, 5)], [_exif(3, 6, count=2)],
-    [_exif(1, 8), _xmp('tiff:Orientation="6"')],
+    [_exif(1, 8), _xmp('tiff:Orientation="6"')], [_exif(6, 6)], [_exif(5, (6, 1))], [_exif(5, (12, 2), little=False)],
+    [_exif(5, (13, 2))], [_exif(5, (6, 0))], [_exif(10, (-6, -1))], [_exif(11, 6.0)], [_exif(11, 6.5)],
+    [_exif(12, 8.0, little=False)], [_exif(13, 3)], [_exif(16, 6)], [_exif(4, 3, count=3)],
+    [_exif(20, 6), _xmp('tiff:Orientation="3"')],
     [_exif(3, 9)], [_exif(3, 0), _xmp('tiff:Orientation="6"')],
     [_xmp('tiff:Orientation="6"')], [_xmp("x:tiff:Orientation>7")], [_xmp('tiff:Orientation="x" tiff:Orientation="3"')],
     [_xmp('tiff:Orientation="6"'), _xmp('tiff:Other="6"')],
     [_exif(3, 1), _exif(3, 6)], [b"Exif\0\0II*\0", _exif(3, 6)], [_exif(3, 6), _xmp('tiff:Orientation="2"')],
-], ids=lambda segments: "-".join(str(len(s)) for s in segments))
+])
 def test_orientation_from_any_integer_exif_tag_or_xmp_as_pil_reads_it(photos, segments):
     plain = encode_jpeg(Image.fromarray(photos["coffee"][:40, :64]), quality=95)
     data = plain[:2] + b"".join(_app1(s) for s in segments) + plain[2:]
