@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import itertools
 import re
+import string
 
 _INT_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?$")
 _CHAR_RANGE = re.compile(r"^([A-Za-z])\.\.([A-Za-z])(?:\.\.-?(\d+))?$")
 _ESCAPED = re.compile(r"\\(.)")
+_LETTERS = string.ascii_uppercase + string.ascii_lowercase
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -60,9 +62,9 @@ def _group(body: str) -> list[str] | None:
         width = max(len(lo), len(hi)) if padded else 0
         return [f"{i:0{width}d}" for i in _steps(int(lo), int(hi), step)]
     m = _CHAR_RANGE.match(body)
-    if m:
+    if m:  # through A..Z then a..z
         lo, hi, step = m.groups()
-        return [chr(i) for i in _steps(ord(lo), ord(hi), step)]
+        return [_LETTERS[i] for i in _steps(_LETTERS.index(lo), _LETTERS.index(hi), step)]
     alternatives: list[str] = []
     start = depth = 0
     pos = 0

@@ -31,7 +31,7 @@ def _ours(pattern: str):
 @pytest.mark.parametrize("pattern", [
     "s-{000000..000004}.tar", "s-{x,y{1..2}}.tar", "s-{{1,2},3}.tar", "s-{a..c}.tar", "s-{0..6..2}.tar",
     "s-{8..010}.tar", "{-3..3}", "{-03..3}", "{3..-3..2}", "{z..a..3}", r"s-\{1,2\}.tar", "s-{a}.tar", "{}",
-    "a{,b}c", "{1..3}{a,b}", "{a{1,2}}", "{a,b", "a}b", "no-braces.tar",
+    "a{,b}c", "{1..3}{a,b}", "{a{1,2}}", "{a,b", "a}b", "no-braces.tar", "{Z..a}", "{a..Z}", "{z..A..5}", "{A..A}",
 ])
 def test_brace_patterns_expand_as_braceexpand_does(pattern):
     assert _ours(pattern) == _reference(pattern)
@@ -39,7 +39,7 @@ def test_brace_patterns_expand_as_braceexpand_does(pattern):
 
 def test_random_brace_patterns_expand_as_braceexpand_does():
     rng = random.Random(0)
-    alphabet = list("{},.\\a10-z") + ["..", "{1..3}", "{a,b}"]
+    alphabet = list("{},.\\a10-zAZ") + ["..", "{1..3}", "{a,b}", "{Z..a}", "{z..A..5}"]
     for _ in range(20000):
         pattern = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
         assert _ours(pattern) == _reference(pattern), pattern
