@@ -28,7 +28,9 @@ from ._worker_loop import WorkerSetup, _is_stateful
 from ._workers import ProcessPool, ThreadPool, UnreadBatch, WorkerDied
 from .sampling import batch_indices, safe_to_draw_before_fork
 
-STATE_VERSION = 1
+# 2: the random states are dicts (_position_rng); 1 (one tensor each) still loads.
+STATE_VERSION = 2
+_LOADABLE_VERSIONS = (1, 2)
 
 
 def _draw_base_seed(generator) -> int:
@@ -502,7 +504,7 @@ class LoaderIterator:
 
 def _checked_restore(state: dict, loader) -> dict:
     state = dict(state)
-    if state.get("version") != STATE_VERSION:
+    if state.get("version") not in _LOADABLE_VERSIONS:
         raise ValueError(f"unsupported DataLoader state version {state.get('version')!r}")
     if state["dataset_kind"] != loader._dataset_kind:
         raise ValueError("DataLoader state was saved for a different kind of dataset")

@@ -102,9 +102,14 @@ class TarWriter:
         if "." in key.rsplit("/", 1)[-1]:
             raise ValueError(f"sample key {key!r} has a dot in its file name part: readers would split it")
         parts = []
+        seen: set[str] = set()
         for ext, value in sample.items():
             if ext.startswith("_"):  # `__key__`, and metadata webdataset's writer leaves out too
                 continue
+            if ext.lower() in seen:
+                raise ValueError(f"sample {key!r}: extensions {ext!r} and another differ only in case: readers "
+                                 "lowercase them, and would find the sample's member twice")
+            seen.add(ext.lower())
             if not ext or "/" in ext or "\0" in ext:
                 raise ValueError(f"sample {key!r}: bad extension {ext!r}")
             name = f"{key}.{ext}"

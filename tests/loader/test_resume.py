@@ -347,3 +347,29 @@ def test_samplers_drawing_from_the_global_rng_or_their_own_generator(sampler, ow
     for _ in range(epochs_left):
         got += list(second)
     assert_same(got, expected)
+
+
+def test_a_state_of_the_first_version_still_resumes():
+    """Version 1 held each random state as one tensor: the loader generator's, or the
+    global RNG's without one."""
+    for with_generator in (True, False):
+        def make():
+            gen = torch.Generator().manual_seed(7) if with_generator else None
+            return fastloader.DataLoader(SquareDataset(n=20), batch_size=2, shuffle=True, generator=gen)
+
+        torch.manual_seed(0)
+        expected = list(make())
+        torch.manual_seed(0)
+        loader = make()
+        it = iter(loader)
+        got = [next(it) for _ in range(3)]
+        state = loader.state_dict()
+        del it
+        key = "loader" if with_generator else "global"
+        old = dict(state, version=1, iter_rng=state["iter_rng"][key], pull_rng=state["pull_rng"][key],
+                   fresh_rng=state["fresh_rng"][key] if with_generator else None)
+        resumed = make()
+        resumed.load_state_dict(old)
+        assert_same(got + list(resumed), expected)
+    with pytest.raises(ValueError, match="unsupported DataLoader state version 3"):
+        make().load_state_dict(dict(state, version=3))

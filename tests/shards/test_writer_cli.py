@@ -52,6 +52,8 @@ def test_writer_errors(tmp_path):
         w.write({"__key__": "__dir__/a", "txt": "x"})
     with pytest.raises(ValueError, match="NUL"):
         w.write({"__key__": "x\0y", "txt": "x"})
+    with pytest.raises(ValueError, match="differ only in case"):
+        w.write({"__key__": "x", "jpg": b"1", "JPG": b"2"})
     with pytest.raises(TypeError, match="cannot write a ndarray as .jpg"):
         w.write({"__key__": "a", "jpg": np.zeros(3)})
     with pytest.raises(ValueError, match="__key__"):
