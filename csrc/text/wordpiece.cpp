@@ -211,30 +211,31 @@ WordPieceTokenizer::WordPieceTokenizer(const std::vector<std::string>& vocab, No
 
 namespace {
 
-// Where each of tokens first occurs in text (npos: nowhere): next_token's cache.
-template <typename Text, typename Tokens>
-std::vector<size_t> first_positions(Text text, const Tokens& tokens) {
+// Splits text on tokens (pairs of content and id): each leftmost occurrence (the longest
+// of those starting there) becomes its id in out, the text between goes to plain(piece).
+// Where each token next occurs is kept, so that a text full of them is searched once per
+// token, not once per match.
+template <typename Text, typename Tokens, typename Plain>
+void split_on_tokens(Text text, const Tokens& tokens, std::vector<int64_t>& out, Plain&& plain) {
   std::vector<size_t> next;
   next.reserve(tokens.size());
   for (const auto& t : tokens) next.push_back(text.find(t.first));
-  return next;
-}
-
-// The leftmost occurrence at or after pos of any of tokens (the longest among those that
-// start there): (position, index), or npos. next[k] caches where tokens[k] next occurs,
-// so that a text full of them is searched once per token, not once per match.
-template <typename Text, typename Tokens>
-std::pair<size_t, size_t> next_token(Text text, size_t pos, const Tokens& tokens, std::vector<size_t>& next) {
-  size_t at = Text::npos, best = 0;
-  for (size_t k = 0; k < tokens.size(); ++k) {
-    if (next[k] != Text::npos && next[k] < pos) next[k] = text.find(tokens[k].first, pos);
-    const size_t f = next[k];
-    if (f < at || (f == at && f != Text::npos && tokens[k].first.size() > tokens[best].first.size())) {
-      at = f;
-      best = k;
+  size_t pos = 0;
+  while (true) {
+    size_t at = Text::npos, best = 0;
+    for (size_t k = 0; k < tokens.size(); ++k) {
+      if (next[k] != Text::npos && next[k] < pos) next[k] = text.find(tokens[k].first, pos);
+      if (next[k] < at || (next[k] == at && at != Text::npos && tokens[k].first.size() > tokens[best].first.size())) {
+        at = next[k];
+        best = k;
+      }
     }
+    if (at == Text::npos) break;
+    plain(text.substr(pos, at - pos));
+    out.push_back(tokens[best].second);
+    pos = at + tokens[best].first.size();
   }
-  return {at, best};
+  plain(text.substr(pos));
 }
 
 }  // namespace
@@ -317,33 +318,17 @@ void WordPieceTokenizer::word_pieces(const std::string& word, const std::vector<
 }
 
 void WordPieceTokenizer::tokenize(std::string_view utf8, std::vector<int64_t>& out) const {
-  size_t pos = 0;
-  std::vector<size_t> next = first_positions(utf8, added_);
-  while (!added_.empty()) {  // the leftmost added token (the longest among equals), then the text before it
-    const auto [at, k] = next_token(utf8, pos, added_, next);
-    if (at == std::string_view::npos) break;
-    tokenize_plain(utf8.substr(pos, at - pos), out);
-    out.push_back(added_[k].second);
-    pos = at + added_[k].first.size();
-  }
-  tokenize_plain(utf8.substr(pos), out);
+  // added tokens first, in the raw text; then each piece between them on its own
+  split_on_tokens(utf8, added_, out, [&](std::string_view piece) { tokenize_plain(piece, out); });
 }
 
 void WordPieceTokenizer::tokenize_plain(std::string_view utf8, std::vector<int64_t>& out) const {
   std::u32string text, norm;
   decode_utf8(utf8, text);
   normalize(text, norm);
-  const std::u32string_view view(norm);
-  size_t pos = 0;
-  std::vector<size_t> next = first_positions(view, normalized_);
-  while (!normalized_.empty()) {  // as in tokenize, in the normalized text
-    const auto [at, k] = next_token(view, pos, normalized_, next);
-    if (at == std::u32string_view::npos) break;
-    pre_tokenize(view.substr(pos, at - pos), out);
-    out.push_back(normalized_[k].second);
-    pos = at + normalized_[k].first.size();
-  }
-  pre_tokenize(view.substr(pos), out);
+  // normalized added tokens, in the normalized text
+  split_on_tokens(std::u32string_view(norm), normalized_, out,
+                  [&](std::u32string_view piece) { pre_tokenize(piece, out); });
 }
 
 // BERT's pre-tokenizer (whitespace and punctuation splits), then WordPiece on each word.

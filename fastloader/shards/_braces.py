@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import re
 import string
+from collections.abc import Iterator
 
 _INT_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?$")
 _CHAR_RANGE = re.compile(r"^([A-Za-z])\.\.([A-Za-z])(?:\.\.-?(\d+))?$")
@@ -18,35 +19,43 @@ def expand_braces(pattern: str) -> list[str]:
     return [_ESCAPED.sub(r"\1", "".join(parts)) for parts in itertools.product(*_pieces(pattern))]
 
 
+def _marks(text: str) -> Iterator[tuple[int, str, int]]:
+    """(position, character, depth outside it) of each brace and comma not escaped."""
+    depth = pos = 0
+    while pos < len(text):
+        c = text[pos]
+        if c == "\\":
+            pos += 2
+            continue
+        if c == "}":
+            depth -= 1
+        if c in "{},":
+            yield pos, c, depth
+        if c == "{":
+            depth += 1
+        pos += 1
+    if depth:
+        raise ValueError(f"unbalanced braces in {text!r}")
+
+
 def _pieces(pattern: str) -> list[list[str]]:
     """The pattern as a sequence of choice lists: literal text (one choice each) and the
     expansions of its top-level brace groups."""
     pieces: list[list[str]] = []
-    start = depth = 0
-    pos = 0
-    while pos < len(pattern):
-        c = pattern[pos]
-        if c == "\\":
-            pos += 2
-            continue
-        if c == "{":
-            if depth == 0 and pos > start:
+    start = 0
+    for pos, c, depth in _marks(pattern):
+        if c == "{" and depth == 0:
+            if pos > start:
                 pieces.append([pattern[start:pos]])
-                start = pos
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                body = pattern[start + 1:pos]
-                choices = _group(body)
-                if choices is None:  # no comma and no range: literal braces around it
-                    pieces += [["{"], expand_braces(body), ["}"]]
-                else:
-                    pieces.append(choices)
-                start = pos + 1
-        pos += 1
-    if depth:
-        raise ValueError(f"unbalanced braces in {pattern!r}")
+            start = pos
+        elif c == "}" and depth == 0:
+            body = pattern[start + 1:pos]
+            choices = _group(body)
+            if choices is None:  # no comma and no range: literal braces around it
+                pieces += [["{"], expand_braces(body), ["}"]]
+            else:
+                pieces.append(choices)
+            start = pos + 1
     if start < len(pattern):
         pieces.append([pattern[start:]])
     return pieces
@@ -66,21 +75,11 @@ def _group(body: str) -> list[str] | None:
         lo, hi, step = m.groups()
         return [_LETTERS[i] for i in _steps(_LETTERS.index(lo), _LETTERS.index(hi), step)]
     alternatives: list[str] = []
-    start = depth = 0
-    pos = 0
-    while pos < len(body):
-        c = body[pos]
-        if c == "\\":
-            pos += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-        elif c == "," and depth == 0:
+    start = 0
+    for pos, c, depth in _marks(body):
+        if c == "," and depth == 0:
             alternatives.append(body[start:pos])
             start = pos + 1
-        pos += 1
     if not alternatives:
         return None
     alternatives.append(body[start:])

@@ -154,35 +154,32 @@ MISUSE = [
 ]
 
 
+def _error_of(call, last_line: bool = False):
+    """(type, message) of what call() raises (the message's last line only), or None."""
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001
+        return type(e), str(e).strip().splitlines()[-1] if last_line else str(e)
+    return None
+
+
+def assert_same_error(make, last_line: bool = False):
+    """make(cls) with torch's DataLoader and with fastloader's: the same error."""
+    expected = _error_of(lambda: make(tud.DataLoader), last_line)
+    assert expected is not None
+    assert _error_of(lambda: make(fastloader.DataLoader), last_line) == expected
+
+
 @pytest.mark.parametrize("kwargs", MISUSE, ids=lambda k: ",".join(k))
 def test_misuse_raises_what_torch_raises(kwargs):
-    def error(cls):
-        try:
-            cls(SquareDataset(), **kwargs)
-        except Exception as e:  # noqa: BLE001
-            return type(e), str(e)
-        return None
-
-    expected = error(tud.DataLoader)
-    assert expected is not None
-    assert error(fastloader.DataLoader) == expected
+    assert_same_error(lambda cls: cls(SquareDataset(), **kwargs))
 
 
 @pytest.mark.parametrize("kwargs", [dict(num_workers=2, prefetch_factor=0),
                                     dict(num_workers=2, prefetch_factor=0, persistent_workers=True)])
 def test_misuse_found_at_iter_raises_what_torch_raises(kwargs):
     """torch's constructor takes prefetch_factor=0; its iterator refuses it."""
-    def error(cls):
-        loader = cls(SquareDataset(), batch_size=2, **kwargs)
-        try:
-            iter(loader)
-        except Exception as e:  # noqa: BLE001
-            return type(e), str(e)
-        return None
-
-    expected = error(tud.DataLoader)
-    assert expected is not None
-    assert error(fastloader.DataLoader) == expected
+    assert_same_error(lambda cls: iter(cls(SquareDataset(), batch_size=2, **kwargs)))
 
 
 def test_iterable_misuse_raises_what_torch_raises():
@@ -298,14 +295,8 @@ COLLATE_MISMATCHES = {
 def test_collate_errors_in_workers_are_torchs(case, worker_type):
     """In a worker, torch's collate sizes a shared storage before it stacks: a batch that
     does not fit fails there, with other errors than in the main process."""
-    def error(make_loader):
-        try:
-            list(make_loader(COLLATE_MISMATCHES[case]()))
-        except Exception as e:  # noqa: BLE001
-            return type(e), str(e).strip().splitlines()[-1]
-        return None
+    def make(cls):
+        kw = {} if cls is tud.DataLoader else {"worker_type": worker_type}
+        return list(cls(COLLATE_MISMATCHES[case](), batch_size=2, num_workers=1, **kw))
 
-    expected = error(lambda items: tud.DataLoader(items, batch_size=2, num_workers=1))
-    assert expected is not None
-    assert error(lambda items: fastloader.DataLoader(items, batch_size=2, num_workers=1,
-                                                     worker_type=worker_type)) == expected
+    assert_same_error(make, last_line=True)

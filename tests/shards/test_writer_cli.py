@@ -124,25 +124,18 @@ def test_convert_csv_and_jsonl(tmp_path):
     assert not (tmp_path / "b" / "classes.json").exists()  # integer labels kept as they are
 
 
-def test_convert_errors_name_the_file(tmp_path, capsys):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "a", "label": 1}\n{oops\n')
-    assert main(["convert", str(bad), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
-    assert "bad.jsonl:2" in capsys.readouterr().err
-    csv_path = tmp_path / "c.csv"
-    csv_path.write_text("sentence,label\nx,1\n")
-    assert main(["convert", str(csv_path), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
-    assert "no column 'text'" in capsys.readouterr().err
-    latin = tmp_path / "latin.csv"
-    latin.write_bytes("text,label\ncaf\u00e9,1\n".encode("latin-1"))
-    assert main(["convert", str(latin), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
-    assert "latin.csv: not UTF-8 text" in capsys.readouterr().err
-    array = tmp_path / "array.json"
-    array.write_text('[{"text": "a", "label": 1}]\n')
-    assert main(["convert", str(array), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
-    assert "array.json:1: not a JSON object per line" in capsys.readouterr().err
-    assert main(["convert", str(tmp_path / "gone.csv"), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
-    assert "gone.csv: no such file or directory" in capsys.readouterr().err
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.jsonl", '{"text": "a", "label": 1}\n{oops\n'.encode(), "bad.jsonl:2"),
+    ("c.csv", b"sentence,label\nx,1\n", "no column 'text'"),
+    ("latin.csv", "text,label\ncaf\u00e9,1\n".encode("latin-1"), "latin.csv: not UTF-8 text"),
+    ("array.json", b'[{"text": "a", "label": 1}]\n', "array.json:1: not a JSON object per line"),
+    ("gone.csv", None, "gone.csv: no such file or directory"),
+])
+def test_convert_errors_name_the_file(tmp_path, capsys, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    assert main(["convert", str(tmp_path / name), str(tmp_path / "o-%d.tar"), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
     assert not list(tmp_path.glob("o-*"))
 
 
