@@ -52,6 +52,10 @@ def _inspect(args) -> int:
     if not all(args.shards):
         print("fastloader inspect: an empty shard URL", file=sys.stderr)
         return 2
+    if not args.allow_pipe and any(u.startswith("pipe:") for u in args.shards):
+        print("fastloader inspect: pipe: URLs run a shell command; pass --allow-pipe to allow them",
+              file=sys.stderr)
+        return 2
     try:
         results = inspect(args.shards, allow_pipe=args.allow_pipe)
     except ValueError as e:
@@ -73,16 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--n", type=int, default=2000, help="images in the built-in dataset (default 2000)")
     bench.add_argument("--cores", default="1,2", help="images / text: comma-separated core (thread) counts "
                        "(default 1,2)")
-    bench.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is shown")
+    bench.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is shown "
+                       "(default 3)")
     bench.add_argument("--workers", default=None,
-                       help="loader / shards: comma-separated num_workers (default 0,2 / 1,2)")
+                       help="loader / shards: comma-separated num_workers (default 0,2 / 1,2; shards "
+                       "always adds its in-process row)")
     convert = commands.add_parser("convert", help="write an ImageFolder tree or a CSV/JSONL file as shards")
     convert.add_argument("source", help="an ImageFolder directory (one folder per class) or a .csv / .jsonl file")
     convert.add_argument("output", help="shard name pattern, e.g. out/train-%%06d.tar")
     convert.add_argument("--maxcount", type=int, default=10_000, help="samples per shard (default 10000)")
     convert.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard (default 1e9)")
     convert.add_argument("--text-field", default="text", help="CSV/JSONL: the text column (default text)")
-    convert.add_argument("--label-field", default="label", help="CSV/JSONL: the label column ('' for none)")
+    convert.add_argument("--label-field", default="label",
+                         help="CSV/JSONL: the label column ('' for none; default label)")
     convert.add_argument("--no-shuffle", action="store_true", help="keep the source order (default: shuffled)")
     convert.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")

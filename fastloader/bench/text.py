@@ -131,7 +131,7 @@ def run(repeats: int = 3, threads=(1, 2), corpora=CORPORA) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--threads", "--cores", dest="threads", default="1,2")  # --cores: as `fastloader bench text`
     parser.add_argument("--corpora", default=",".join(CORPORA))
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "CORPUS", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

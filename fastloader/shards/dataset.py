@@ -90,7 +90,7 @@ class WebDataset(IterableDataset):
         shuffle: shuffle samples: globally when every shard is local (indexed), else
             through a buffer of `buffer_size` samples.
         seed: every order is a pure function of (seed, epoch); see `set_epoch`.
-        shard_shuffle: shuffle the order of shards each epoch.
+        shard_shuffle: shuffle the order of shards each epoch (None: as `shuffle`).
         resampled: draw shards with replacement, forever (bound it with `epoch_size`).
         rank, world_size: this process's place; default: torch.distributed when
             initialised (create the dataset after init_process_group), else the RANK /
@@ -116,7 +116,7 @@ class WebDataset(IterableDataset):
         *,
         shuffle: bool = False,
         seed: int = 0,
-        shard_shuffle: bool = True,
+        shard_shuffle: bool | None = None,
         buffer_size: int = 1000,
         resampled: bool = False,
         rank: int | None = None,
@@ -150,7 +150,7 @@ class WebDataset(IterableDataset):
                 raise ShardError("pipe: URLs run a shell command; pass allow_pipe=True to allow them", url=url)
         self.shuffle = shuffle
         self.seed = int(seed)
-        self.shard_shuffle = shard_shuffle
+        self.shard_shuffle = shuffle if shard_shuffle is None else shard_shuffle
         self.buffer_size = buffer_size
         self.resampled = resampled
         self.rank, self.world_size = rank, world_size
@@ -514,6 +514,7 @@ class WebDataset(IterableDataset):
             "epoch": plan.epoch,
             "seed": self.seed,
             "shards": len(self.urls),
+            "order": self._order_options(),
             "world_size": plan.world_size,
             "num_workers": plan.num_workers,
             "ranks": [plan.rank],
@@ -522,8 +523,21 @@ class WebDataset(IterableDataset):
             "stats": dict(p.stats),
         }
 
+    def _order_options(self) -> dict[str, Any]:
+        """What the epoch's order depends on, besides the seed and the shards."""
+        return {"shuffle": self.shuffle, "shard_shuffle": self.shard_shuffle, "resampled": self.resampled,
+                "buffer_size": self.buffer_size if self.shuffle and not self.indexed else None}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next iteration resumes from `state` (one worker's, or several merged)."""
+        self.check_state(state)
+        # (with the shard count, so that it merges with the states of workers that moved on)
+        self._restore = dict(state, shards=state.get("shards", len(self.urls)))  # its epoch: the resumed pass's only
+        self._pass = None
+
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Refuses a state this dataset cannot resume, with the reason (fastloader's
+        DataLoader asks at its load_state_dict, before any worker starts)."""
         check_state_type(state)
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported WebDataset state version {state.get('version')!r}")
@@ -535,9 +549,10 @@ class WebDataset(IterableDataset):
         if saved_shards != len(self.urls):
             raise ValueError(f"this state was saved for {saved_shards} shards and this WebDataset has "
                              f"{len(self.urls)}: the epoch's order, and so the position, differ")
-        # (with the shard count, so that it merges with the states of workers that moved on)
-        self._restore = dict(state, shards=saved_shards)  # its epoch is that of the resumed pass only
-        self._pass = None
+        saved_order = state.get("order", self._order_options())  # (states from before it was kept)
+        if saved_order != self._order_options():
+            raise ValueError(f"this state was saved with {saved_order} and this WebDataset has "
+                             f"{self._order_options()}: the epoch's order, and so the position, differ")
 
     @staticmethod
     def merge_worker_states(states: list[dict[str, Any]]) -> dict[str, Any]:
@@ -550,7 +565,7 @@ class WebDataset(IterableDataset):
         depth = max(len(s["layers"]) for s in states)
         states = [s for s in states if len(s["layers"]) == depth]
         head = states[0]
-        same = ("version", "mode", "epoch", "seed", "shards", "world_size", "num_workers", "layers")
+        same = ("version", "mode", "epoch", "seed", "shards", "order", "world_size", "num_workers", "layers")
         for s in states[1:]:
             for key in same:
                 if s.get(key) != head.get(key):

@@ -271,6 +271,29 @@ def test_a_partial_state_cannot_resume_another_topology(shards):
 
 
 @pytest.mark.parametrize("mode", ["indexed", "streamed"])
+def test_without_shuffle_shards_come_in_their_order(shards, mode):
+    all_keys, urls = shards
+    assert [s["__key__"] for s in fastloader.WebDataset(urls[mode])] == all_keys
+    assert [s["__key__"] for s in fastloader.WebDataset(urls[mode], shard_shuffle=True)] != all_keys
+
+
+@pytest.mark.parametrize("change", [dict(shuffle=False), dict(shard_shuffle=False), dict(buffer_size=50)])
+def test_a_state_saved_with_another_order_is_refused_by_the_loader(shards, change):
+    """Another shuffle setting deals the samples out differently: resuming would deliver
+    some twice and lose others. The loader refuses it when given it, not in a worker."""
+    _, urls = shards
+    options = dict(shuffle=True, seed=1, buffer_size=40)
+    loader = _loader(fastloader.WebDataset(urls["streamed"], **options), 2)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    del it
+    other = _loader(fastloader.WebDataset(urls["streamed"], **{**options, **change}), 2)
+    with pytest.raises(ValueError, match="saved with .* and this WebDataset has"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("mode", ["indexed", "streamed"])
 def test_a_state_for_another_shard_list_is_refused(shards, mode, tmp_path):
     _, urls = shards
     ds = fastloader.WebDataset(urls[mode], shuffle=10, seed=3)

@@ -166,7 +166,7 @@ def test_inspect_arguments(tmp_path, capsys):
     assert len(everything) == 4 and main(["inspect", "--json", *everything]) == 0
     assert [r["url"] for r in json.loads(capsys.readouterr().out)] == paths
     assert main(["inspect", ""]) == 2 and "empty shard URL" in capsys.readouterr().err
-    assert main(["inspect", f"pipe:cat {paths[0]}"]) == 1 and "--allow-pipe" in capsys.readouterr().out
+    assert main(["inspect", f"pipe:cat {paths[0]}"]) == 2 and "--allow-pipe" in capsys.readouterr().err
     assert main(["inspect", "--allow-pipe", f"pipe:cat {paths[0]}"]) == 0
     assert "1 shards, 10 samples" in capsys.readouterr().out
 
