@@ -155,6 +155,12 @@ class DataLoader(tud.DataLoader):
             # then holds with another num_workers (fastloader.WebDataset on indexed shards)
             parts = [w["dataset"] for w in state["workers"] if "dataset" in w]
             state = dict(state, dataset=gather(parts, max(self.num_workers, 1)))
+            if getattr(self.dataset, "gathers_ranks", lambda: False)():
+                # any rank's checkpoint resumes every rank: the epoch is over only where
+                # it is over on every rank (a rank with fewer samples ends first)
+                everyone: list = [None] * torch.distributed.get_world_size()
+                torch.distributed.all_gather_object(everyone, state["finished"])
+                state["finished"] = all(everyone)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -21,7 +21,8 @@ from ..errors import ShardError, check_state_type
 from . import _index, _local, _members, _scanning, _tar, partition
 from .urls import expand_urls, indexable_path, open_stream, read_chunks
 
-STATE_VERSION = 1
+# 2: partition k is worker * world_size + rank (it was rank * num_workers + worker)
+STATE_VERSION = 2
 # shards kept open per worker (mapped or read with pread: a file descriptor each): a global shuffle reads from
 # every shard, so as many as the descriptor limit comfortably allows
 MAX_OPEN_SHARDS = max(64, min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
@@ -47,7 +48,7 @@ class _Plan:
     num_workers: int
     layers: list = field(default_factory=list)  # [[parts, counts], ...] of earlier runs
     skip: int = 0                                # items of this partition already delivered
-    quota: int | None = None                     # items this partition yields (epoch_size)
+    total: int | None = None                     # positions over all partitions (epoch_size)
 
     @property
     def parts(self) -> int:
@@ -55,7 +56,13 @@ class _Plan:
 
     @property
     def k(self) -> int:
-        return self.rank * self.num_workers + self.worker
+        """This partition's stride offset: a rank's partitions interleave (see partition)."""
+        return self.worker * self.world_size + self.rank
+
+    @property
+    def quota(self) -> int | None:
+        """Positions this partition yields with an epoch_size."""
+        return None if self.total is None else partition.share(self.total, self.parts, self.k)
 
 
 @dataclass
@@ -157,7 +164,6 @@ class WebDataset(IterableDataset):
         # Read here, in the main process: a loader's worker processes are not part of the
         # process group (create the dataset after init_process_group).
         self._found_topology = _process_topology() if rank is None else None
-        self._from_process_group = rank is None and _distributed()
         self.epoch_size = epoch_size
         self.on_error = on_error
         self.max_failures = max_failures
@@ -256,7 +262,7 @@ class WebDataset(IterableDataset):
                     "WebDataset.merge_worker_states)")
         if self.epoch_size is not None:  # what earlier runs of this epoch took counts against it
             done = sum(sum(counts) for _, counts in plan.layers)
-            plan.quota = partition.quota(max(self.epoch_size - done, 0), world, rank, workers, worker)
+            plan.total = partition.padded_total(max(self.epoch_size - done, 0), world)
         return plan
 
     def _fail(self, p: _Pass, error: ShardError, samples: int = 0) -> None:
@@ -358,9 +364,9 @@ class WebDataset(IterableDataset):
         plan = p.plan
         counts = self._load_indexes(p)
         order = partition.remaining(self._epoch_order(counts, plan.epoch), plan.layers)
+        if plan.total is not None:  # cut, or padded from the start: every rank the same count
+            order = partition.fit(order if len(order) else self._epoch_order(counts, plan.epoch), plan.total)
         mine = order[plan.k::plan.parts]
-        if plan.quota is not None:
-            mine = partition.fit(mine, plan.quota)
         starts = np.concatenate([[0], np.cumsum(counts)])
         mine = mine[plan.skip:]  # delivered before the stop: not read again
         shard_of = np.searchsorted(starts, mine, side="right") - 1
@@ -531,15 +537,19 @@ class WebDataset(IterableDataset):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next iteration resumes from `state` (one worker's, or several merged)."""
         self.check_state(state)
-        # (with the shard count, so that it merges with the states of workers that moved on)
-        self._restore = dict(state, shards=state.get("shards", len(self.urls)))  # its epoch: the resumed pass's only
+        # (with the shard count and version, so that it merges with the states of workers
+        # that moved on)
+        self._restore = dict(state, shards=state.get("shards", len(self.urls)), version=STATE_VERSION)
         self._pass = None
 
     def check_state(self, state: dict[str, Any]) -> None:
         """Refuses a state this dataset cannot resume, with the reason (fastloader's
         DataLoader asks at its load_state_dict, before any worker starts)."""
         check_state_type(state)
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") == 1 and state.get("world_size") != 1:
+            raise ValueError("this state was saved by an older fastloader, which dealt samples to ranks "
+                             "otherwise: it resumes only a run of one rank")
+        if state.get("version") not in (1, STATE_VERSION):  # 1: of one rank, dealt as now
             raise ValueError(f"unsupported WebDataset state version {state.get('version')!r}")
         mode = "indexed" if self.indexed else "streamed"
         if state["mode"] != mode or state["seed"] != self.seed:
@@ -589,11 +599,16 @@ class WebDataset(IterableDataset):
             rank, world, _, _ = self._topology()
             plan = _Plan(self.epoch, rank, world, 0, num_workers)
             merged = dict(self._state_of(_Pass(plan)), consumed=[])
-        if self._from_process_group and _distributed() and torch.distributed.get_world_size() > 1:
+        if self.gathers_ranks():
             everyone: list = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(everyone, merged)
             merged = self.merge_worker_states(everyone)
         return merged
+
+    def gathers_ranks(self) -> bool:
+        """Whether gather_state is a collective over the process group's ranks (the group
+        as it is now: it may have been set up after this dataset)."""
+        return self.rank is None and _distributed() and torch.distributed.get_world_size() > 1
 
     def stats(self) -> dict[str, Any]:
         """Counts of this copy's current or last pass: samples, bytes, shards, failures."""

@@ -1,7 +1,9 @@
 """Pure functions for an epoch's order and its split over ranks and workers.
 
 The order of an epoch is a function of (seed, epoch, size); a partition's share is a
-function of that order and (partition, partitions). Resumes stack "layers": each layer
+function of that order and (partition, partitions). Partition k = worker * world_size +
+rank takes positions k, k + partitions, ...: a rank's positions are those equal to it
+modulo world_size, as DistributedSampler deals them, so ranks differ by one at most. Resumes stack "layers": each layer
 records how many items every partition had taken when a run stopped, so the items
 still to come are a pure function of the order and the layers, whatever the topology
 of the next run.
@@ -33,11 +35,10 @@ def share(total: int, parts: int, k: int) -> int:
     return total // parts + (1 if k < total % parts else 0)
 
 
-def quota(total: int, world_size: int, rank: int, num_workers: int, worker: int) -> int:
-    """Items for (rank, worker) when `total` items per epoch are dealt so that every rank
-    gets the same count (rounded up, as DistributedSampler pads), split over its workers."""
-    del rank  # every rank alike
-    return share(-(-total // world_size), num_workers, worker)
+def padded_total(total: int, world_size: int) -> int:
+    """Positions of an epoch of `total` items over all ranks when every rank gets the same
+    count (rounded up, as DistributedSampler pads)."""
+    return -(-total // world_size) * world_size
 
 
 def fit(items: np.ndarray, n: int) -> np.ndarray:
@@ -45,5 +46,5 @@ def fit(items: np.ndarray, n: int) -> np.ndarray:
     if len(items) == n:
         return items
     if len(items) == 0:
-        raise ValueError(f"no samples to fill a share of {n} (epoch_size): fewer samples than ranks x workers")
+        raise ValueError(f"no samples to fill an epoch_size of {n}: the shards hold none")
     return np.resize(items, n)

@@ -36,9 +36,25 @@ def test_permutation_is_a_function_of_seed_and_epoch():
 
 
 @pytest.mark.parametrize("total,world,workers", [(100, 3, 2), (7, 4, 3), (0, 2, 2), (1000, 8, 5)])
-def test_quota_gives_every_rank_the_same_count(total, world, workers):
-    per_rank = [sum(partition.quota(total, world, r, workers, w) for w in range(workers)) for r in range(world)]
+def test_an_epoch_size_gives_every_rank_the_same_count(total, world, workers):
+    padded, parts = partition.padded_total(total, world), world * workers
+    per_rank = [sum(partition.share(padded, parts, w * world + r) for w in range(workers)) for r in range(world)]
     assert len(set(per_rank)) == 1 and per_rank[0] == -(-total // world)
+
+
+@pytest.mark.parametrize("n,world,workers", [(14, 3, 2), (10, 4, 3), (3, 4, 2), (40, 2, 2), (1, 3, 1)])
+def test_ranks_get_what_distributed_sampler_gives_them(n, world, workers):
+    """An epoch_size of the dataset's size: each rank's samples (over its workers) are
+    DistributedSampler's for the same order, every sample delivered."""
+    import torch
+
+    order = partition.permutation(n, seed=1, epoch=0)
+    dealt = partition.fit(order, partition.padded_total(n, world))
+    parts = world * workers
+    for r in range(world):
+        mine = sorted(x for w in range(workers) for x in dealt[w * world + r::parts].tolist())
+        sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world, rank=r, shuffle=False)
+        assert mine == sorted(order[i] for i in sampler)
 
 
 def test_fit_cuts_or_repeats():

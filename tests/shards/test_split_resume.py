@@ -59,6 +59,43 @@ def test_rank_comes_from_the_environment(shards, monkeypatch):
     assert sorted(seen) == sorted(all_keys)
 
 
+@pytest.mark.parametrize("world,workers", [(3, 2), (4, 3), (2, 2)])
+def test_an_epoch_size_of_the_dataset_delivers_every_sample(shards, world, workers):
+    """As DistributedSampler: every rank the same count, every sample at least once (the
+    padding repeats from the start), whatever the workers per rank."""
+    all_keys, urls = shards
+    seen, counts = [], []
+    for rank in range(world):
+        ds = fastloader.WebDataset(urls["indexed"], rank=rank, world_size=world, epoch_size=N, shuffle=True)
+        got = [k for b in _loader(ds, workers, worker_type="thread") for k in b]
+        seen += got
+        counts.append(len(got))
+    assert counts == [-(-N // world)] * world and set(seen) == set(all_keys)
+
+
+def test_an_elastic_resume_with_epoch_size_and_few_samples_left(shards):
+    """Fewer samples left than new ranks x workers: padded, every rank the same count."""
+    all_keys, urls = shards
+    delivered, states = [], []
+    for rank in range(2):
+        ds = fastloader.WebDataset(urls["indexed"], shuffle=True, seed=2, rank=rank, world_size=2, epoch_size=N)
+        loader = _loader(ds, 2, batch_size=1)
+        it = iter(loader)
+        delivered += [k for _ in range(76) for k in next(it)]
+        states.append(loader.state_dict())
+        del it
+    merged = fastloader.WebDataset.merge_worker_states([s["dataset"] for s in states])
+    counts = []
+    for rank in range(3):
+        ds = fastloader.WebDataset(urls["indexed"], shuffle=True, seed=2, rank=rank, world_size=3, epoch_size=N)
+        loader = _loader(ds, 2, batch_size=1)
+        loader.load_state_dict(dict(states[0], dataset=merged))
+        got = [k for b in loader for k in b]
+        counts.append(len(got))
+        delivered += got
+    assert len(set(counts)) == 1 and set(delivered) == set(all_keys)
+
+
 @pytest.mark.parametrize("mode", ["indexed", "streamed"])
 def test_epoch_size_gives_every_rank_the_same_count(shards, mode):
     _, urls = shards
@@ -205,19 +242,24 @@ def test_resume_with_epoch_size_is_exact(shards, mode, workers):
     assert head == full[:5] and rest == full[5:]
 
 
-@pytest.mark.parametrize("new_world,new_workers", [(3, 1), (1, 3), (2, 0)])
-def test_elastic_resume_with_other_ranks_and_workers(shards, new_world, new_workers):
+@pytest.mark.parametrize("new_world,new_workers", [(3, 1), (1, 3), (2, 0), (3, 2), (1, 2)])
+@pytest.mark.parametrize("cut", [3, 9])
+def test_elastic_resume_with_other_ranks_and_workers(shards, new_world, new_workers, cut):
+    """The state is rank 0's, its worker 1 marked as run dry (as when its end came in
+    before the batch due: near the end of a share): that must not stop the worker of the
+    same number on another rank, or in another deal of the samples."""
     all_keys, urls = shards
     delivered = []
     states = []
-    for rank in range(2):  # a run on 2 ranks x 2 workers, stopped after 3 batches per rank
+    for rank in range(2):  # a run on 2 ranks x 2 workers, stopped after `cut` batches per rank
         loader = _loader(fastloader.WebDataset(urls["indexed"], shuffle=True, seed=5, rank=rank, world_size=2), 2)
         it = iter(loader)
-        delivered += [k for _ in range(3) for k in next(it)]
+        delivered += [k for _ in range(cut) for k in next(it)]
         states.append(loader.state_dict())
         del it
     merged = fastloader.WebDataset.merge_worker_states([s["dataset"] for s in states])
     assert merged["ranks"] == [0, 1]
+    states[0]["workers"][1]["exhausted"] = True
     for rank in range(new_world):
         ds = fastloader.WebDataset(urls["indexed"], shuffle=True, seed=5, rank=rank, world_size=new_world)
         loader = _loader(ds, new_workers)
