@@ -524,9 +524,11 @@ def _checked_restore(state: dict, loader) -> dict:
             n = max(loader.num_workers, 1)
             state["workers"] = [{"batches": 0, "exhausted": False} for _ in range(n)]
             state["cycle"] = 0
-        # The merged state says what each worker has left: a saved flag that a worker's
-        # stream ended may be another rank's, or belong to another deal of the samples.
-        state["workers"] = [dict(w, dataset=merged, exhausted=False) for w in state["workers"]]
+        # The merged state says what each worker has left. A saved flag that a worker's
+        # stream ended may be another rank's, or belong to another deal of the samples:
+        # kept only where the state is one rank's, on the topology it was saved on.
+        keep = same_workers and len(merged.get("ranks", [0])) == 1
+        state["workers"] = [dict(w, dataset=merged, exhausted=keep and w["exhausted"]) for w in state["workers"]]
         return state
     if state["dataset_kind"] == _DatasetKind.Iterable and not same_workers:
         raise ValueError(

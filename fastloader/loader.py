@@ -167,11 +167,12 @@ class DataLoader(tud.DataLoader):
         """The next `iter(loader)` resumes from `state` (an empty dict: from the start)."""
         check_state_type(state)
         checked = _checked_restore(state, self) if state else None  # fail here, not in iter()
-        check = getattr(self.dataset, "check_state", None)
-        if checked and callable(check):  # the dataset's own position, refused here too
-            for part in [checked.get("dataset")] + [w.get("dataset") for w in checked["workers"]]:
-                if part:
-                    check(part)
+        current = getattr(self.dataset, "checked_state", None)
+        if checked and callable(current):  # the dataset's own position: refused here, or made current
+            if checked.get("dataset"):
+                checked["dataset"] = current(checked["dataset"])
+            checked["workers"] = [dict(w, dataset=current(w["dataset"])) if w.get("dataset") else w
+                                  for w in checked["workers"]]
         if self._iterator is not None:  # persistent workers restart from the state
             self._iterator._shutdown()
             self._iterator = None

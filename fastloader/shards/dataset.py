@@ -103,7 +103,8 @@ class WebDataset(IterableDataset):
             initialised (create the dataset after init_process_group), else the RANK /
             WORLD_SIZE environment, else 0 of 1.
         epoch_size: samples per epoch over all ranks; every rank then yields the same
-            number (cut, or repeated from the start of its share), as DDP needs.
+            number (cut, or padded by repeating from the start of the epoch's order, as
+            DistributedSampler pads), as DDP needs.
         on_error: "raise" a `ShardError` naming the shard and byte offset, or "skip" the
             bad part (counted in `stats()`), up to `max_failures` per worker.
         require: extensions every sample must have (e.g. ("jpg", "cls")).
@@ -536,19 +537,17 @@ class WebDataset(IterableDataset):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next iteration resumes from `state` (one worker's, or several merged)."""
-        self.check_state(state)
-        # (with the shard count and version, so that it merges with the states of workers
-        # that moved on)
-        self._restore = dict(state, shards=state.get("shards", len(self.urls)), version=STATE_VERSION)
+        self._restore = self.checked_state(state)
         self._pass = None
 
-    def check_state(self, state: dict[str, Any]) -> None:
-        """Refuses a state this dataset cannot resume, with the reason (fastloader's
+    def checked_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """`state` in the current form (it then merges with the states of workers that moved
+        on), or a ValueError saying why this dataset cannot resume it (fastloader's
         DataLoader asks at its load_state_dict, before any worker starts)."""
         check_state_type(state)
-        if state.get("version") == 1 and state.get("world_size") != 1:
-            raise ValueError("this state was saved by an older fastloader, which dealt samples to ranks "
-                             "otherwise: it resumes only a run of one rank")
+        if state.get("version") == 1 and (state.get("world_size") != 1 or self.epoch_size is not None):
+            raise ValueError("this state was saved by an older fastloader, which dealt samples otherwise: "
+                             "it resumes only a run of one rank without epoch_size")
         if state.get("version") not in (1, STATE_VERSION):  # 1: of one rank, dealt as now
             raise ValueError(f"unsupported WebDataset state version {state.get('version')!r}")
         mode = "indexed" if self.indexed else "streamed"
@@ -563,6 +562,7 @@ class WebDataset(IterableDataset):
         if saved_order != self._order_options():
             raise ValueError(f"this state was saved with {saved_order} and this WebDataset has "
                              f"{self._order_options()}: the epoch's order, and so the position, differ")
+        return dict(state, version=STATE_VERSION, shards=saved_shards, order=saved_order)
 
     @staticmethod
     def merge_worker_states(states: list[dict[str, Any]]) -> dict[str, Any]:

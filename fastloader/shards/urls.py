@@ -81,12 +81,14 @@ def open_stream(url: str, allow_pipe: bool = False):
     source = _Peeked(_open_raw(url, allow_pipe))
     try:
         gzipped = source.starts_with(_GZIP_MAGIC)
-    except Exception as e:  # the first read: a network or file error, named as a read's
+    except BaseException as e:  # the first read; a network or file error is named as a read's
         try:
             source.close()
         except ShardError:
             pass
-        raise ShardError(f"read failed: {e}", url=url) from e
+        if isinstance(e, Exception):
+            raise ShardError(f"read failed: {e}", url=url) from e
+        raise
     return _Gunzipped(source) if gzipped else source
 
 
@@ -210,10 +212,12 @@ class _PipeStream:
         at the archive's end marker leaves only its padding, and the command's exit status
         is then read rather than killed."""
         fd = self.proc.stdout.fileno()
+        ready = select.poll()  # (select.select cannot take descriptors past 1023)
+        ready.register(fd, select.POLLIN)
         left, deadline = _DRAIN_BYTES, time.monotonic() + _DRAIN_S
         while left > 0:
             wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+            if wait <= 0 or not ready.poll(wait * 1000):
                 return
             got = os.read(fd, min(left, _PIECE))
             if not got:

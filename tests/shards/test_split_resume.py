@@ -407,3 +407,32 @@ def test_epoch_size_from_empty_shards_is_an_error_not_a_hang(tmp_path):
         empty.append(str(path))
     with pytest.raises(fastloader.ShardError, match="gave no sample"):
         list(fastloader.WebDataset(empty, resampled=True, epoch_size=10))
+
+
+def test_a_state_of_the_first_version_resumes_and_saves_again(shards):
+    """Version 1 (before the order options were kept, and ranks were dealt otherwise):
+    a one-rank run resumes; the states its workers report after are of the current
+    version, and merge (a worker that has delivered nothing since holds the loaded one)."""
+    _, urls = shards
+
+    def make():
+        return _loader(fastloader.WebDataset(urls["indexed"], shuffle=True, seed=8), 2, worker_type="thread")
+
+    full = [k for b in make() for k in b]
+    loader = make()
+    it = iter(loader)
+    head = [k for _ in range(3) for k in next(it)]
+    state = loader.state_dict()
+    del it
+    old = dict(state, dataset={k: v for k, v in state["dataset"].items() if k != "order"})
+    old["dataset"]["version"] = 1
+    resumed = make()
+    resumed.load_state_dict(old)
+    it = iter(resumed)
+    head += next(it)
+    again = resumed.state_dict()  # merges the loaded state with a newer worker's
+    assert again["dataset"]["version"] == 2 and "order" in again["dataset"]
+    assert head + [k for b in it for k in b] == full
+    two_ranks = dict(old, dataset=dict(old["dataset"], world_size=2))
+    with pytest.raises(ValueError, match="older fastloader"):
+        make().load_state_dict(two_ranks)
