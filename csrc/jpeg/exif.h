@@ -61,7 +61,7 @@ inline std::optional<int64_t> exif_orientation_tag(const uint8_t* p, size_t n) {
     size_t at = entry + 8;  // the values themselves when they fit in 4 bytes, else their offset
     if (uint64_t(values) * size > 4) {
       at = u32(entry + 8);
-      if (at > n || n - at < size) return std::nullopt;
+      if (at > n || (n - at) / size < values) return std::nullopt;  // cut short: PIL skips the tag
     }
     auto whole = [](double v) -> int64_t {  // a float or fraction that is a whole number
       return v == v && v >= -1e9 && v <= 1e9 && v == double(int64_t(v)) ? int64_t(v) : 0;

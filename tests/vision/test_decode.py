@@ -53,7 +53,7 @@ def _xmp(orientation: str) -> bytes:
     [_exif(1, 8), _xmp('tiff:Orientation="6"')], [_exif(6, 6)], [_exif(5, (6, 1))], [_exif(5, (12, 2), little=False)],
     [_exif(5, (13, 2))], [_exif(5, (6, 0))], [_exif(10, (-6, -1))], [_exif(11, 6.0)], [_exif(11, 6.5)],
     [_exif(12, 8.0, little=False)], [_exif(13, 3)], [_exif(16, 6)], [_exif(4, 3, count=3)],
-    [_exif(20, 6), _xmp('tiff:Orientation="3"')],
+    [_exif(20, 6), _xmp('tiff:Orientation="3"')], [_exif(4, 6, count=2)[:-4], _xmp('tiff:Orientation="3"')],
     [_exif(3, 9)], [_exif(3, 0), _xmp('tiff:Orientation="6"')],
     [_xmp('tiff:Orientation="6"')], [_xmp("x:tiff:Orientation>7")], [_xmp('tiff:Orientation="x" tiff:Orientation="3"')],
     [_xmp('tiff:Orientation="6"'), _xmp('tiff:Other="6"')],
