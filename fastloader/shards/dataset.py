@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset
 from .._worker_info import get_worker_info
 from ..errors import ShardError, check_state_type
 from . import _index, _local, _members, _scanning, _tar, partition
-from .urls import expand_urls, indexable_path, open_stream, read_chunks
+from .urls import PIPE_NOT_ALLOWED, expand_urls, indexable_path, open_stream, read_chunks
 
 # 2: partition k is worker * world_size + rank (it was rank * num_workers + worker)
 STATE_VERSION = 2
@@ -155,7 +155,7 @@ class WebDataset(IterableDataset):
         self.urls = expand_urls(urls)
         for url in self.urls:  # fail at construction, not in a worker
             if url.startswith("pipe:") and not allow_pipe:
-                raise ShardError("pipe: URLs run a shell command; pass allow_pipe=True to allow them", url=url)
+                raise ShardError(PIPE_NOT_ALLOWED, url=url)
         self.shuffle = shuffle
         self.seed = int(seed)
         self.shard_shuffle = shuffle if shard_shuffle is None else shard_shuffle

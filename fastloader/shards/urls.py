@@ -16,6 +16,7 @@ from ._braces import expand_braces
 from ._index import INDEX_SUFFIX
 
 _PIECE = 64 << 10
+PIPE_NOT_ALLOWED = "pipe: URLs run a shell command; pass allow_pipe=True to allow them"
 _PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size
 _GZIP_MAGIC = b"\x1f\x8b"
 _NOT_SHARDS = (INDEX_SUFFIX, ".part")  # and ShardWriter's unfinished shards
@@ -151,7 +152,7 @@ def _open_raw(url: str, allow_pipe: bool):
     s = scheme_of(url)
     if s == "pipe":
         if not allow_pipe:
-            raise ShardError("pipe: URLs run a shell command; pass allow_pipe=True (fastloader inspect: --allow-pipe) to allow them", url=url)
+            raise ShardError(PIPE_NOT_ALLOWED, url=url)
         return _PipeStream(url[len("pipe:"):], url)
     if s == "file":
         try:
@@ -178,7 +179,6 @@ class _PipeStream:
             fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         except (OSError, AttributeError):  # over /proc/sys/fs/pipe-max-size, or not Linux
             pass
-
         self.ended = False  # its output was read to the end
 
     def readinto(self, b) -> int:
@@ -205,7 +205,6 @@ class _PipeStream:
         status = self.proc.wait()
         if status != 0 and not killed:
             raise ShardError(f"pipe command exited with status {status}", url=self.url)
-
 
     def _drain(self) -> None:
         """Reads what is left while it comes at once, up to a limit: a reader that stopped

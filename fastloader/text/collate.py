@@ -67,8 +67,8 @@ class _PaddingStats:
 
 class PadCollator(_PaddingStats):
     """Pads `input_ids` (with `pad_token_id`), `token_type_ids` (0) and per-token `labels`
-    (-100; float labels keep their dtype, integer ones become int64) on the right, and adds `attention_mask` (a sample's own is
-    replaced).
+    (-100; float labels keep their dtype, integer ones become int64) on the right, and
+    adds `attention_mask` (a sample's own is replaced).
 
     `pad_to="longest"` pads to the longest sample of the batch; an int pads every batch to
     that length; `buckets=(64, 128, 256)` pads to the smallest bucket that holds the

@@ -215,7 +215,7 @@ class WordPieceTokenizer:
             has_json = os.path.exists(os.path.join(path, "tokenizer.json"))
             path = os.path.join(path, "tokenizer.json" if has_json else "vocab.txt")
         if path.endswith(".json"):
-            vocab, found = _read_tokenizer_json(path, whole_pipeline=not config and not os.path.isdir(original))
+            vocab, found = _read_tokenizer_json(path, whole_pipeline=not os.path.isdir(original))
         else:
             vocab, found = _read_vocab_txt(path), {}
         return cls(vocab, **{**found, **config, **options, "source": path})
