@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cstring>
+#include <vector>
 
 #include <jerror.h>
 
@@ -88,6 +89,40 @@ inline int symbol(BitReader& r, const HuffTable& t) {
   return slow_symbol(r, t);
 }
 
+// Passes over the AC coefficients of a block whose values are not needed, several per
+// lookup where they fit (HuffTable::skip). An entry that would take the block past its
+// 64th position holds bits of the next block (or corrupt data): that step goes one
+// coefficient at a time. False: an invalid code.
+inline bool skip_ac(BitReader& r, const HuffTable& ac) {
+  constexpr int kLookups = 56 / kHuffSkipBits;
+  int k = 1;
+  for (;;) {
+    r.refill();
+    int i = 0;
+    for (; i < kLookups; ++i) {
+      const uint32_t e = ac.skip[r.peek(kHuffSkipBits)];
+      const int next = k + int((e >> 4) & 0xFF);
+      if (!e || next > 64) [[unlikely]] break;
+      r.drop(e & 15);
+      k = next;
+      if ((e & (1u << 12)) || k == 64) return true;
+    }
+    if (i == kLookups) continue;
+    r.ensure_coefficient();
+    const int rs = symbol(r, ac);
+    if (rs < 0) return false;
+    const int run = rs >> 4, size = rs & 15;
+    if (size) {
+      r.drop(size);
+      k += run + 1;
+    } else {
+      if (run != 15) return true;  // end of block
+      k += 16;
+    }
+    if (k >= 64) return true;
+  }
+}
+
 // The AC coefficients of one block, decoded into `block` (kStore) or only passed over,
 // the stream's position being all that matters for a block libjpeg will not IDCT. One
 // lookup per coefficient. (Two per lookup, where the bits hold both, measured slower:
@@ -135,8 +170,16 @@ inline bool ac_coefficients(BitReader& r, const HuffTable& ac, JCOEF* block) {
 
 bool HuffTable::build(const JHUFF_TBL& table, bool is_ac) {
   if (built_ && std::memcmp(built_from_, table.bits, 17) == 0 &&
-      std::memcmp(built_from_ + 17, table.huffval, 256) == 0)
+      std::memcmp(built_from_ + 17, table.huffval, 256) == 0) {
+    // A table two images in a row have is likely shared by the images that follow:
+    // worth the skip lookups, which cost more to build (~15 us) than one image saves.
+    if (is_ac && !skip_ready_) {
+      build_skip();
+      skip_ready_ = true;
+    }
     return true;
+  }
+  skip_ready_ = false;
   built_ = rebuild(table, is_ac);
   std::memcpy(built_from_, table.bits, 17);
   std::memcpy(built_from_ + 17, table.huffval, 256);
@@ -193,6 +236,36 @@ bool HuffTable::rebuild(const JHUFF_TBL& table, bool is_ac) {
   return true;
 }
 
+void HuffTable::build_skip() {
+  // Built up from narrower windows: what w bits hold is their first coefficient, then
+  // what the w - len bits after it hold (a table of 2 * 2^kHuffSkipBits entries in all,
+  // each one lookup: images with their own tables rebuild it for each image).
+  constexpr int kWindow = kHuffSkipBits;
+  static_assert(kWindow >= kLook, "the skip window covers a whole-coefficient lookup");
+  thread_local std::vector<uint16_t> narrower(size_t(2) << kWindow);  // width w at [2^w, 2^(w+1))
+  uint16_t* by_width = narrower.data();
+  by_width[1] = 0;  // w = 0: nothing
+  for (int w = 1; w <= kWindow; ++w) {
+    uint16_t* out = w == kWindow ? skip : by_width + (size_t(1) << w);
+    for (uint32_t bits = 0; bits < (1u << w); ++bits) {
+      const uint32_t top = w >= kLook ? bits >> (w - kLook) : bits << (kLook - w);
+      const uint32_t e = coef[top];
+      const int len = e & 0xFF, run = (e >> 8) & 0xFF;
+      uint16_t entry = 0;
+      if (e && len <= w) {
+        if (run == kEndOfBlockRun) {  // counted as a position, so that an entry whose
+          entry = static_cast<uint16_t>(len | 1 << 4 | 1 << 12);  // block ended first is refused
+        } else {
+          const int rest_w = w - len;
+          const uint16_t rest = by_width[(size_t(1) << rest_w) + (bits & ((1u << rest_w) - 1))];
+          entry = static_cast<uint16_t>((len + (rest & 15)) | (run + 1 + ((rest >> 4) & 0xFF)) << 4 | (rest & (1 << 12)));
+        }
+      }
+      out[bits] = entry;
+    }
+  }
+}
+
 bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col) {
 #ifndef LIBJPEG_TURBO_VERSION_NUMBER
   return false;  // the Hook layout and call pattern are libjpeg-turbo's (IJG's libjpeg 9 differs)
@@ -202,6 +275,7 @@ bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col
       cinfo->Ah != 0 || cinfo->Al != 0 || cinfo->src == nullptr ||
       cinfo->blocks_in_MCU > D_MAX_BLOCKS_IN_MCU || cinfo->comps_in_scan > MAX_COMPS_IN_SCAN)
     return false;
+  bool dc_built[NUM_HUFF_TBLS] = {}, ac_built[NUM_HUFF_TBLS] = {};  // once per image each
   for (int ci = 0; ci < cinfo->comps_in_scan; ++ci) {
     const jpeg_component_info* comp = cinfo->cur_comp_info[ci];
     const int dc = comp->dc_tbl_no, ac = comp->ac_tbl_no;
@@ -209,7 +283,9 @@ bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col
     const JHUFF_TBL* dc_table = cinfo->dc_huff_tbl_ptrs[dc];
     const JHUFF_TBL* ac_table = cinfo->ac_huff_tbl_ptrs[ac];
     if (!dc_table || !ac_table) return false;
-    if (!dc_[dc].build(*dc_table, false) || !ac_[ac].build(*ac_table, true)) return false;
+    if (!dc_built[dc] && !dc_[dc].build(*dc_table, false)) return false;
+    if (!ac_built[ac] && !ac_[ac].build(*ac_table, true)) return false;
+    dc_built[dc] = ac_built[ac] = true;
   }
   blocks_in_mcu_ = cinfo->blocks_in_MCU;
   for (int b = 0; b < blocks_in_mcu_; ++b) {
@@ -343,9 +419,10 @@ boolean EntropyDecoder::decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* blocks) {
     dc = static_cast<int>(static_cast<unsigned>(dc) + static_cast<unsigned>(diff));
 
     if (keep) blocks[b][0][0] = static_cast<JCOEF>(dc);
-    const bool decoded = keep && d.block_ac_needed_[b]
-                             ? ac_coefficients<true>(r, *d.block_ac_[b], blocks[b][0])
-                             : ac_coefficients<false>(r, *d.block_ac_[b], nullptr);
+    const HuffTable& ac = *d.block_ac_[b];
+    const bool decoded = keep && d.block_ac_needed_[b] ? ac_coefficients<true>(r, ac, blocks[b][0])
+                         : ac.skip_ready()             ? skip_ac(r, ac)
+                                                       : ac_coefficients<false>(r, ac, nullptr);
     if (!decoded) {
       d.fail(cinfo, JWRN_HUFF_BAD_CODE);
       return TRUE;

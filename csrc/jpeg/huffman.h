@@ -18,6 +18,7 @@
 namespace fastloader {
 
 constexpr int kHuffLookBits = 10;
+constexpr int kHuffSkipBits = 12;
 
 // One Huffman table, with lookups for the next kHuffLookBits bits of the stream.
 struct HuffTable {
@@ -26,6 +27,11 @@ struct HuffTable {
   // lookup: (uint16 value << 16) | (zeros before it << 8) | bits; 0: a longer code. An
   // end of block reads as a zero after 63 zeros, which takes any block past its end.
   uint32_t coef[1 << kHuffLookBits];
+  // AC tables, once skip_ready(): every whole coefficient (code and magnitude) that fits
+  // in the next kHuffSkipBits bits, up to and including an end of block, passed over in
+  // one lookup, for blocks whose values are not needed: bits | positions advanced << 4 |
+  // (end of block) << 12; 0 when not even one fits.
+  uint16_t skip[1 << kHuffSkipBits];
   int32_t maxcode[18];                 // largest code of each length, -1 if none
   int32_t valoffset[17];
   uint8_t huffval[256];
@@ -33,11 +39,14 @@ struct HuffTable {
   // False when the table is not a valid prefix code. Cheap when the table is the one
   // built last (images from one encoder share their tables).
   bool build(const JHUFF_TBL& table, bool is_ac);
+  bool skip_ready() const { return skip_ready_; }
 
  private:
   bool rebuild(const JHUFF_TBL& table, bool is_ac);
+  void build_skip();
   uint8_t built_from_[17 + 256];  // the JHUFF_TBL's bits and huffval
   bool built_ = false;
+  bool skip_ready_ = false;
 };
 
 class EntropyDecoder {
