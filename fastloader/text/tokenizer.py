@@ -10,9 +10,11 @@ from typing import Any
 import torch
 
 from .. import _C
+from ._legacy_added_tokens import legacy_added_tokens
 from .collate import padding_mask, scatter_padded
 
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "[UNK]")
+_BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # added tokens unless a file says otherwise
 TRUNCATION = {False: 0, None: 0, "do_not_truncate": 0, True: 1, "longest_first": 1, "only_first": 2, "only_second": 3}
 
 
@@ -177,7 +179,7 @@ class WordPieceTokenizer:
         self.padding_side = _side(padding_side, "padding_side")
         self.truncation_side = _side(truncation_side, "truncation_side")
         if added_tokens is None:  # BERT's special tokens, matched in the raw text as HF does
-            added_tokens = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t in vocab]
+            added_tokens = [t for t in _BERT_SPECIALS if t in vocab]
         ids = {t: i for i, t in enumerate(vocab)}  # a token listed twice has its last id, as in HF
         added = []
         for t in added_tokens:
@@ -206,8 +208,9 @@ class WordPieceTokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **options: Any) -> WordPieceTokenizer:
-        """From a model directory (its tokenizer.json, else vocab.txt and
-        tokenizer_config.json), a `vocab.txt` or a `tokenizer.json`; `options` override."""
+        """From a model directory (its tokenizer.json, else vocab.txt, tokenizer_config.json
+        and the added tokens a slow tokenizer saves), a `vocab.txt` or a `tokenizer.json`;
+        `options` override."""
         path = original = os.fspath(path)
         config: dict[str, Any] = {}
         if os.path.isdir(path):
@@ -218,6 +221,11 @@ class WordPieceTokenizer:
             vocab, found = _read_tokenizer_json(path, whole_pipeline=not os.path.isdir(original))
         else:
             vocab, found = _read_vocab_txt(path), {}
+            legacy = legacy_added_tokens(original) if os.path.isdir(original) else None
+            if legacy:  # a slow tokenizer's save: its added tokens are in the other files
+                added = _added_tokens(*legacy, vocab)
+                named = {content for content, _, _ in added}
+                found["added_tokens"] = [t for t in _BERT_SPECIALS if t in vocab and t not in named] + added
         return cls(vocab, **{**found, **config, **options, "source": path})
 
     def _threads(self) -> int:

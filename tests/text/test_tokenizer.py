@@ -275,6 +275,57 @@ def test_added_tokens_past_the_vocab_as_hf(corpora, tmp_path):
         assert _ragged(ours.encode_batch(texts)) == ref(texts)["input_ids"], source
 
 
+def _slow_tokenizer_dir(path, files: dict) -> str:
+    """A model directory as a slow tokenizer's save_pretrained leaves it: vocab.txt and
+    JSON files, no tokenizer.json."""
+    import json
+    import shutil
+
+    path.mkdir()
+    shutil.copy(os.path.join(MODEL_DIR, "vocab.txt"), path / "vocab.txt")
+    for name, content in files.items():
+        (path / name).write_text(json.dumps(content), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_added_tokens_of_a_slow_tokenizer_directory_as_hf(corpora, tmp_path):
+    """Without a tokenizer.json, added tokens come from tokenizer_config.json's
+    added_tokens_decoder, else from added_tokens.json (special where a special token's
+    name is theirs, else added words, matched in the normalized text)."""
+    from transformers import BertTokenizerFast
+
+    n = 30522  # the vocab's size
+    added = {"newword": n, "multi word": n + 1, "<ent>": n + 2, "[E1]": n + 3, "<s>": n + 4}
+    entry = {"lstrip": False, "rstrip": False, "single_word": False}
+    decoder = {str(i): dict(entry, content=c, normalized=c == "newword", special=c != "newword")
+               for c, i in added.items()}
+    for i, c in ((0, "[PAD]"), (100, "[UNK]"), (101, "[CLS]"), (102, "[SEP]"), (103, "[MASK]")):
+        decoder[str(i)] = dict(entry, content=c, normalized=False, special=True)
+    config = {"do_lower_case": True, "tokenizer_class": "BertTokenizer"}
+    layouts = {
+        "added_tokens.json": {"added_tokens.json": added, "tokenizer_config.json": config},
+        "special map": {"added_tokens.json": added, "tokenizer_config.json": config,
+                        "special_tokens_map.json": {"bos_token": "<s>", "additional_special_tokens": ["<ent>"],
+                                                    "extra_special_tokens": [{"content": "[E1]"}]}},
+        "config extras": {"added_tokens.json": added,
+                          "tokenizer_config.json": dict(config, additional_special_tokens=["<ent>"], bos_token="<s>")},
+        "decoder": {"tokenizer_config.json": dict(config, added_tokens_decoder=decoder)},
+        "decoder wins": {"tokenizer_config.json": dict(config, added_tokens_decoder=decoder),
+                         "added_tokens.json": dict(added, extra=n + 5)},
+    }
+    texts = ["a NewWord here <ent> x[E1]y multi  word <ENT> [e1] extra <S><s>newwordnewword",
+             "[MASK]<ent>[E1]" * 20] + corpora["tweets"][:300]
+    for name, files in layouts.items():
+        directory = _slow_tokenizer_dir(tmp_path / name.replace(" ", "_").replace(".", "_"), files)
+        ref = BertTokenizerFast.from_pretrained(directory)
+        ours = WordPieceTokenizer.from_pretrained(directory)
+        assert _ragged(ours.encode_batch(texts)) == ref(texts)["input_ids"], name
+    broken = _slow_tokenizer_dir(tmp_path / "broken", {"added_tokens.json": ["newword"]})
+    with pytest.raises(ValueError, match="added_tokens.json: not an object of token -> id"):
+        WordPieceTokenizer.from_pretrained(broken)
+
+
 def test_many_special_tokens_in_one_text_take_linear_time():
     import time
 
