@@ -133,7 +133,7 @@ std::vector<std::string> augment_batch(const py::list& images, torch::Tensor geo
                                        int layout, std::optional<torch::Tensor> lut,
                                        bool apply_orientation, bool dct_scaling, bool fast_idct,
                                        int64_t max_pixels, int max_scans, int num_threads,
-                                       std::optional<torch::Tensor> recipe) {
+                                       std::optional<torch::Tensor> recipe, bool fast_color) {
   const int64_t n = int64_t(images.size());
   fl::BatchSpec spec;
   spec.mode = static_cast<fl::ColorMode>(mode);
@@ -142,6 +142,7 @@ std::vector<std::string> augment_batch(const py::list& images, torch::Tensor geo
   spec.apply_orientation = apply_orientation;
   spec.dct_scaling = dct_scaling;
   spec.fast_idct = fast_idct;
+  spec.fast_color = fast_color;
   spec.limits = limits_of(max_pixels, max_scans);
   spec.num_threads = std::max(1, num_threads);
   const int64_t channels = fl::channels_of(spec.mode);
@@ -762,7 +763,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("augment_batch", &augment_batch, py::arg("images"), py::arg("geometry"), py::arg("flips"),
         py::arg("out"), py::arg("mode"), py::arg("layout"), py::arg("lut"),
         py::arg("apply_orientation"), py::arg("dct_scaling"), py::arg("fast_idct"), py::arg("max_pixels"),
-        py::arg("max_scans"), py::arg("num_threads"), py::arg("recipe") = py::none());
+        py::arg("max_scans"), py::arg("num_threads"), py::arg("recipe") = py::none(),
+        py::arg("fast_color") = false);
   m.def("recipe_reproduces_table", &recipe_reproduces_table, py::arg("lut"), py::arg("recipe"), py::arg("mode"));
   m.def("sample_resized_crops", &sample_resized_crops, py::arg("sizes"), py::arg("scale_lo"),
         py::arg("scale_hi"), py::arg("ratio_lo"), py::arg("ratio_hi"), py::arg("seed"));

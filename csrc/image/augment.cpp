@@ -13,7 +13,9 @@
 
 #include "../common/parallel.h"
 #include "convert.h"
+#include "planar.h"
 #include "resample.h"
+#include "value_recipe.h"
 
 namespace fastloader {
 namespace {
@@ -21,11 +23,14 @@ namespace {
 struct Scratch {
   ResampleAxis ax, ay;
   std::vector<uint8_t> roi, oriented, resized, tmp;
+  PlanarScratch planar;
+  bool in_planes = false;  // the sample is in planar.planes (Y, Cb, Cr), not in resized
 
   // One huge image must not pin hundreds of MB per thread for the rest of the run.
   void trim() {
     constexpr size_t kKeep = size_t(64) << 20;
-    for (std::vector<uint8_t>* v : {&roi, &oriented, &resized, &tmp})
+    for (std::vector<uint8_t>* v : {&roi, &oriented, &resized, &tmp, &planar.decoded, &planar.planes,
+                                    &planar.levels, &planar.tmp})
       if (v->capacity() > kKeep) std::vector<uint8_t>().swap(*v);
   }
 };
@@ -105,7 +110,7 @@ struct PlanarPicker {
 // steps, checked against it by checked_recipe), are computed: the gather is the slow part.
 // pixels needs 4 readable bytes past its end.
 void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const float* table,
-                          const float* recipe, float* out) {
+                          const ValueRecipe* recipe, float* out) {
   const __m256i reverse = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
   const PlanarPicker pick;
   const int W8 = W & ~7;
@@ -113,17 +118,13 @@ void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const 
     const uint8_t* in = pixels + size_t(y) * W * 3;
     for (int c = 0; c < 3; ++c) {
       const float* tc = table + c * 256;
-      const float* rc = recipe ? recipe + 3 * c : nullptr;  // multiplier, mean, std
-      const __m256 multiplier = _mm256_set1_ps(rc ? rc[0] : 1.0f), mean = _mm256_set1_ps(rc ? rc[1] : 0.0f),
-                   stdev = _mm256_set1_ps(rc ? rc[2] : 1.0f);
       float* dst = out + (size_t(c) * H + y) * W;
       const bool aligned = (reinterpret_cast<uintptr_t>(dst) & 31) == 0;
       for (int x = 0; x < W8; x += 8) {
         // Output x..x+7 come from source pixels x..x+7, or W-8-x..W-1-x reversed.
         __m256i idx = pick(in + size_t(flip ? W - 8 - x : x) * 3, c);
         if (flip) idx = _mm256_permutevar8x32_epi32(idx, reverse);
-        const __m256 v = recipe ? _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(idx), multiplier), mean), stdev)
-                                : _mm256_i32gather_ps(tc, idx, 4);
+        const __m256 v = recipe ? recipe[c](_mm256_cvtepi32_ps(idx)) : _mm256_i32gather_ps(tc, idx, 4);
         if (aligned)
           _mm256_stream_ps(dst + x, v);
         else
@@ -138,7 +139,7 @@ void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const 
 
 template <typename T>
 void write_sample(const uint8_t* pixels, const BatchSpec& spec, bool flip, const T* table,
-                  const float* recipe, T* out) {
+                  const ValueRecipe* recipe, T* out) {
   const int H = spec.out_h, W = spec.out_w;
   const bool nhwc = spec.layout == Layout::NHWC;
 #if defined(__AVX2__)
@@ -160,13 +161,48 @@ void write_sample(const uint8_t* pixels, const BatchSpec& spec, bool flip, const
 }
 
 
+// write_sample for R, G, B planes of uint8 levels (each H x W).
+template <typename T>
+void write_rgb_planes(const uint8_t* rgb, const BatchSpec& spec, bool flip, const T* table, T* out) {
+  const int H = spec.out_h, W = spec.out_w;
+  const size_t n = size_t(H) * W;
+  thread_local std::vector<uint8_t> scratch;
+  scratch.resize(sizeof(T) * W * 3);
+  T* row = reinterpret_cast<T*>(scratch.data());
+  for (int y = 0; y < H; ++y) {
+    const size_t at = size_t(y) * W;
+    if (spec.layout == Layout::NHWC) {
+      for (int x = 0; x < W; ++x) {
+        const size_t from = at + size_t(flip ? W - 1 - x : x);
+        for (int c = 0; c < 3; ++c) row[x * 3 + c] = table[c * 256 + rgb[c * n + from]];
+      }
+      stream_row(out + at * 3, row, sizeof(T) * W * 3);
+    } else {
+      for (int c = 0; c < 3; ++c) {
+        const T* tc = table + c * 256;
+        const uint8_t* in = rgb + c * n + at;
+        for (int x = 0; x < W; ++x) row[x] = tc[in[flip ? W - 1 - x : x]];
+        stream_row(out + c * n + at, row, sizeof(T) * W);
+      }
+    }
+  }
+#if defined(__AVX2__)
+  _mm_sfence();
+#endif
+}
+
 struct OutputTables {
   std::vector<uint8_t> u8;
   std::vector<float> f32;
   std::vector<uint16_t> u16;  // float16 or bfloat16 bits
-  const float* recipe;
+  std::vector<ValueRecipe> steps;  // per channel, where spec.recipe reproduces the table
+  const ValueRecipe* recipe = nullptr;
 
-  OutputTables(const BatchSpec& spec) : recipe(checked_recipe(spec)) {
+  OutputTables(const BatchSpec& spec) {
+    if (const float* r = checked_recipe(spec)) {
+      for (int c = 0; c < channels_of(spec.mode); ++c) steps.push_back(ValueRecipe::of(r[3 * c], r[3 * c + 1], r[3 * c + 2]));
+      recipe = steps.data();
+    }
     const int n = channels_of(spec.mode) * 256;
     std::vector<float> values(n);
     for (int i = 0; i < n; ++i) values[i] = spec.lut ? spec.lut[i] : float(i % 256);
@@ -192,6 +228,22 @@ struct OutputTables {
       default: write_sample(pixels, spec, flip, u16.data(), nullptr, static_cast<uint16_t*>(out)); break;
     }
   }
+
+  // The same for a sample rendered as Y, Cb, Cr planes (planar.h).
+  void write_planes(PlanarScratch& p, const BatchSpec& spec, bool flip, void* out) const {
+    if (spec.dtype == OutDType::F32 && spec.layout == Layout::NCHW) {
+      write_ycbcr_as_rgb_f32(p.planes.data(), spec.out_h, spec.out_w, flip, f32.data(), recipe, static_cast<float*>(out));
+      return;
+    }
+    const size_t n = size_t(spec.out_h) * spec.out_w;
+    p.levels.resize(3 * n);
+    ycbcr_to_rgb_levels(p.planes.data(), n, p.levels.data());
+    switch (spec.dtype) {
+      case OutDType::U8: write_rgb_planes(p.levels.data(), spec, flip, u8.data(), static_cast<uint8_t*>(out)); break;
+      case OutDType::F32: write_rgb_planes(p.levels.data(), spec, flip, f32.data(), static_cast<float*>(out)); break;
+      default: write_rgb_planes(p.levels.data(), spec, flip, u16.data(), static_cast<uint16_t*>(out)); break;
+    }
+  }
 };
 
 void check_geometry(const SampleGeometry& g, int w, int h) {
@@ -203,9 +255,11 @@ void check_geometry(const SampleGeometry& g, int w, int h) {
                     std::to_string(w) + "x" + std::to_string(h) + " image");
 }
 
-// Produces the out_h x out_w x C uint8 pixels of one sample in s.resized.
+// Produces the out_h x out_w x C uint8 pixels of one sample in s.resized, or, where
+// `planes_ok` and the image allows, its Y, Cb, Cr planes (planar.h) in s.planar.
 void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchSpec& spec,
-                   Scratch& s) {
+                   bool planes_ok, Scratch& s) {
+  s.in_planes = false;
   const int C = channels_of(spec.mode);
   const bool raw = src.raw_w > 0;
   JpegDecoder& dec = thread_decoder();
@@ -233,6 +287,12 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
   const int fx = int(std::floor(bx0)), fy = int(std::floor(by0));
   const int clip_w = std::min(sw, int(std::ceil(bx1))) - fx;
   const int clip_h = std::min(sh, int(std::ceil(by1))) - fy;
+  if (planes_ok && !raw && scale == 8 && orientation == 1) {
+    const LumaBox box{bx0, by0, bx1, by1, fx, fy, fx + clip_w, fy + clip_h};
+    s.in_planes = render_ycbcr_planes(dec, w, h, box, g.resize_w, g.resize_h, g.win_x, g.win_y, spec.out_w,
+                                      spec.out_h, spec.fast_idct, s.planar);
+    if (s.in_planes) return;
+  }
   s.ax.build(bx0 - fx, bx1 - fx, 0, clip_w, g.resize_w, g.win_x, spec.out_w);
   s.ay.build(by0 - fy, by1 - fy, 0, clip_h, g.resize_h, g.win_y, spec.out_h);
   s.resized.resize(size_t(spec.out_w) * spec.out_h * C + 4);  // + resample_u8's spare bytes
@@ -334,13 +394,17 @@ std::vector<std::string> augment_batch(const std::vector<ImageSource>& images,
   const size_t sample_bytes =
       size_t(spec.out_h) * spec.out_w * channels_of(spec.mode) * dtype_size(spec.dtype);
   const OutputTables tables(spec);
+  const bool planes_ok = spec.fast_color && spec.mode == ColorMode::RGB;
   std::vector<std::string> errors(n);
   parallel_for(n, spec.num_threads, [&](int i) {
     thread_local Scratch scratch;
     void* slot = static_cast<uint8_t*>(out) + sample_bytes * i;
     try {
-      render_sample(images[i], geometry[i], spec, scratch);
-      tables.write(scratch.resized.data(), spec, geometry[i].flip, slot);
+      render_sample(images[i], geometry[i], spec, planes_ok, scratch);
+      if (scratch.in_planes)
+        tables.write_planes(scratch.planar, spec, geometry[i].flip, slot);
+      else
+        tables.write(scratch.resized.data(), spec, geometry[i].flip, slot);
     } catch (const std::exception& e) {
       errors[i] = e.what();
       std::memset(slot, 0, sample_bytes);

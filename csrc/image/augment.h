@@ -48,6 +48,9 @@ struct BatchSpec {
   bool apply_orientation = false;
   bool dct_scaling = true;
   bool fast_idct = false;
+  // RGB from YCbCr JPEGs at full scale: resample the planes as stored, convert colour at
+  // the output size (planar.h), instead of resampling libjpeg's RGB as PIL would.
+  bool fast_color = false;
   DecodeLimits limits;
   int num_threads = 1;
 };

@@ -342,6 +342,67 @@ static void horizontal_any(const uint8_t* src, size_t src_stride, int rows, int 
     horizontal_pass<1>(src, src_stride, rows, ax, dst);
 }
 
+// dst[c][r] = src[r][c] for a rows x cols block of bytes.
+static void transpose_u8(const uint8_t* src, size_t src_stride, int rows, int cols, uint8_t* dst,
+                         size_t dst_stride) {
+  int r0 = 0;
+#if defined(__SSE2__)
+  for (; r0 + 16 <= rows; r0 += 16) {
+    int c0 = 0;
+    for (; c0 + 16 <= cols; c0 += 16) {
+      __m128i v[16];
+      for (int i = 0; i < 16; ++i)
+        v[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + size_t(r0 + i) * src_stride + c0));
+      // Four rounds of interleaving, bytes to qwords: row i, column j ends at row j, column i.
+      __m128i t[16];
+      for (int i = 0; i < 8; ++i) {
+        t[i] = _mm_unpacklo_epi8(v[2 * i], v[2 * i + 1]);
+        t[i + 8] = _mm_unpackhi_epi8(v[2 * i], v[2 * i + 1]);
+      }
+      for (int i = 0; i < 4; ++i) {
+        v[i] = _mm_unpacklo_epi16(t[2 * i], t[2 * i + 1]);
+        v[i + 4] = _mm_unpackhi_epi16(t[2 * i], t[2 * i + 1]);
+        v[i + 8] = _mm_unpacklo_epi16(t[8 + 2 * i], t[8 + 2 * i + 1]);
+        v[i + 12] = _mm_unpackhi_epi16(t[8 + 2 * i], t[8 + 2 * i + 1]);
+      }
+      for (int q = 0; q < 4; ++q)
+        for (int i = 0; i < 2; ++i) {
+          t[4 * q + i] = _mm_unpacklo_epi32(v[4 * q + 2 * i], v[4 * q + 2 * i + 1]);
+          t[4 * q + i + 2] = _mm_unpackhi_epi32(v[4 * q + 2 * i], v[4 * q + 2 * i + 1]);
+        }
+      for (int q = 0; q < 4; ++q)
+        for (int i = 0; i < 2; ++i) {
+          v[4 * q + 2 * i] = _mm_unpacklo_epi64(t[4 * q + 2 * i], t[4 * q + 2 * i + 1]);
+          v[4 * q + 2 * i + 1] = _mm_unpackhi_epi64(t[4 * q + 2 * i], t[4 * q + 2 * i + 1]);
+        }
+      for (int i = 0; i < 16; ++i)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + size_t(c0 + i) * dst_stride + r0), v[i]);
+    }
+    for (int c = c0; c < cols; ++c)
+      for (int r = r0; r < r0 + 16; ++r) dst[size_t(c) * dst_stride + r] = src[size_t(r) * src_stride + c];
+  }
+#endif
+  for (int r = r0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) dst[size_t(c) * dst_stride + r] = src[size_t(r) * src_stride + c];
+}
+
+void resample_plane(const uint8_t* src, size_t src_stride, const ResampleAxis& ax,
+                    const ResampleAxis& ay, uint8_t* dst, std::vector<uint8_t>& tmp) {
+  // One channel: both passes vertical (whole rows at a time, in SIMD), the second on the
+  // transposed image, and the result transposed back.
+  const int out_w = ax.out_count(), out_h = ay.out_count();
+  const int lo = ax.src_lo, cols = ax.src_hi - ax.src_lo;
+  const size_t a_bytes = size_t(out_h) * cols, b_bytes = a_bytes, c_bytes = size_t(out_w) * out_h;
+  tmp.resize(a_bytes + b_bytes + c_bytes);
+  uint8_t* a = tmp.data();  // out_h x cols
+  uint8_t* b = a + a_bytes;  // cols x out_h
+  uint8_t* c = b + b_bytes;  // out_w x out_h
+  vertical_pass(src + lo, src_stride, size_t(cols), ay, 0, a);
+  transpose_u8(a, size_t(cols), out_h, cols, b, size_t(out_h));
+  vertical_pass(b, size_t(out_h), size_t(out_h), ax, lo, c);
+  transpose_u8(c, size_t(out_h), out_w, out_h, dst, size_t(out_w));
+}
+
 void resample_u8(const uint8_t* src, size_t src_stride, int channels, const ResampleAxis& ax,
                  const ResampleAxis& ay, uint8_t* dst, std::vector<uint8_t>& tmp) {
   // The horizontal pass costs most per pixel: run it on whichever has fewer rows, the

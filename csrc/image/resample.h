@@ -34,4 +34,8 @@ struct ResampleAxis {
 void resample_u8(const uint8_t* src, size_t src_stride, int channels, const ResampleAxis& ax,
                  const ResampleAxis& ay, uint8_t* dst, std::vector<uint8_t>& tmp);
 
+// resample_u8 for one channel, dst packed (no spare bytes needed, nor read past src).
+void resample_plane(const uint8_t* src, size_t src_stride, const ResampleAxis& ax,
+                    const ResampleAxis& ay, uint8_t* dst, std::vector<uint8_t>& tmp);
+
 }  // namespace fastloader

@@ -10,6 +10,10 @@
 
 #include <jerror.h>
 #include <jpeglib.h>
+#if __has_include(<jpegint.h>)
+#include <jpegint.h>  // cinfo->master's crop columns, for decode_planes
+#define FASTLOADER_PLANAR_DECODE 1
+#endif
 
 #include "exif.h"
 #include "huffman.h"
@@ -268,6 +272,89 @@ PixelView JpegDecoder::decode(ColorMode mode, int scale_num, Rect roi, const All
     jpeg_abort_decompress(&cinfo);
   });
   return view;
+}
+
+std::optional<JpegDecoder::ChromaSubsampling> JpegDecoder::planar_subsampling() const {
+#if defined(FASTLOADER_PLANAR_DECODE) && defined(LIBJPEG_TURBO_VERSION_NUMBER)
+  const State& s = *state_;
+  const jpeg_decompress_struct& c = s.cinfo;
+  // Huffman-coded only: decode_planes passes over the rows above the crop with
+  // decode_mcu(NULL), which ours and libjpeg-turbo's Huffman decoder accept.
+  if (!s.opened || c.jpeg_color_space != JCS_YCbCr || c.num_components != 3 || c.progressive_mode ||
+      c.arith_code || c.comps_in_scan != 3 || c.CCIR601_sampling)
+    return std::nullopt;
+  const jpeg_component_info* comp = c.comp_info;
+  const int hs = comp[0].h_samp_factor, vs = comp[0].v_samp_factor;
+  if (hs < 1 || hs > 2 || vs < 1 || vs > 2) return std::nullopt;
+  for (int ci = 1; ci < 3; ++ci)
+    if (comp[ci].h_samp_factor != 1 || comp[ci].v_samp_factor != 1) return std::nullopt;
+  return ChromaSubsampling{hs, vs};
+#else
+  return std::nullopt;
+#endif
+}
+
+JpegDecoder::Planes JpegDecoder::decode_planes(Rect need, const Allocator& allocate, bool fast_idct) {
+  Planes planes;
+#if defined(FASTLOADER_PLANAR_DECODE) && defined(LIBJPEG_TURBO_VERSION_NUMBER)
+  State& s = *state_;
+  const std::optional<ChromaSubsampling> sub = planar_subsampling();
+  if (!sub) throw JpegError("decode_planes() needs a YCbCr sequential JPEG after open()");
+  s.opened = false;
+  if (need.w <= 0 || need.h <= 0 || need.x < 0 || need.y < 0 || need.x + need.w > s.info.width ||
+      need.y + need.h > s.info.height)
+    throw JpegError("region of interest outside the image");
+  jpeg_decompress_struct& cinfo = s.cinfo;
+  guarded(cinfo, s.err, [&] {
+    cinfo.scale_num = cinfo.scale_denom = 1;
+    cinfo.dct_method = fast_idct ? JDCT_IFAST : JDCT_ISLOW;
+    cinfo.raw_data_out = TRUE;
+    jpeg_start_decompress(&cinfo);
+    // Whole MCUs: mcu_w x mcu_h luma pixels, DCTSIZE x DCTSIZE chroma pixels.
+    const int mcu_w = DCTSIZE * sub->x, mcu_h = DCTSIZE * sub->y;
+    const int c0 = need.x / mcu_w, c1 = (need.x + need.w - 1) / mcu_w;
+    const int r0 = need.y / mcu_h, r1 = (need.y + need.h - 1) / mcu_h;
+    // MCU rows above: their coefficients passed over, no IDCT (as jpeg_skip_scanlines
+    // does, which raw data output does not offer); MCU columns beside: no IDCT either.
+    if (own_entropy_decoder) s.entropy.install(&cinfo, c0, c1);
+    for (int i = 0; i < r0 * int(cinfo.MCUs_per_row); ++i) (*cinfo.entropy->decode_mcu)(&cinfo, nullptr);
+    cinfo.input_iMCU_row = cinfo.output_iMCU_row = JDIMENSION(r0);
+    cinfo.output_scanline = JDIMENSION(r0 * mcu_h);
+    cinfo.master->first_iMCU_col = JDIMENSION(c0);
+    cinfo.master->last_iMCU_col = JDIMENSION(c1);
+
+    const int cols = c1 - c0 + 1, rows = r1 - r0 + 1;
+    const size_t y_stride = size_t(cols) * mcu_w, c_stride = size_t(cols) * DCTSIZE;
+    const size_t y_bytes = y_stride * rows * mcu_h, c_bytes = c_stride * rows * DCTSIZE;
+    uint8_t* buffer = allocate(y_bytes + 2 * c_bytes);
+    const size_t strides[3] = {y_stride, c_stride, c_stride};
+    uint8_t* starts[3] = {buffer, buffer + y_bytes, buffer + y_bytes + c_bytes};
+    for (int c = 0; c < 3; ++c) {
+      planes.data[c] = starts[c];
+      planes.stride[c] = strides[c];
+      planes.x0[c] = c0 * (c ? DCTSIZE : mcu_w);
+      planes.y0[c] = r0 * (c ? DCTSIZE : mcu_h);
+    }
+    JSAMPROW y_rows[2 * DCTSIZE], cb_rows[DCTSIZE], cr_rows[DCTSIZE];
+    JSAMPARRAY image[3] = {y_rows, cb_rows, cr_rows};
+    for (int r = 0; r < rows; ++r) {
+      for (int i = 0; i < mcu_h; ++i) y_rows[i] = starts[0] + (size_t(r) * mcu_h + i) * y_stride;
+      for (int i = 0; i < DCTSIZE; ++i) {
+        cb_rows[i] = starts[1] + (size_t(r) * DCTSIZE + i) * c_stride;
+        cr_rows[i] = starts[2] + (size_t(r) * DCTSIZE + i) * c_stride;
+      }
+      if (jpeg_read_raw_data(&cinfo, image, JDIMENSION(mcu_h)) != JDIMENSION(mcu_h)) {
+        std::snprintf(s.err.message, sizeof(s.err.message), "decoder returned no rows");
+        std::longjmp(s.err.jump, 1);
+      }
+    }
+    jpeg_abort_decompress(&cinfo);
+  });
+#else
+  (void)need, (void)allocate, (void)fast_idct;
+  throw JpegError("decode_planes() is not available: built without libjpeg-turbo's jpegint.h");
+#endif
+  return planes;
 }
 
 JpegDecoder& thread_decoder() {

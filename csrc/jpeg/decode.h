@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -64,6 +65,25 @@ class JpegDecoder {
   using Allocator = std::function<uint8_t*(size_t bytes)>;
   PixelView decode(ColorMode mode, int scale_num, Rect roi, const Allocator& allocate,
                    bool fast_idct = false);
+
+  // YCbCr planes as stored, for a 3-component sequential JPEG at full scale: chroma at
+  // its own resolution, no upsampling, no colour conversion. After open(): the chroma
+  // subsampling, or nothing when the image is not such a JPEG (decode() takes it then).
+  struct ChromaSubsampling {
+    int x = 1, y = 1;  // luma pixels per chroma pixel across / down (1 or 2)
+  };
+  std::optional<ChromaSubsampling> planar_subsampling() const;
+
+  // Decodes the whole MCUs covering `need` (luma pixels) into memory from allocate();
+  // plane c's buffer holds its pixels from plane pixel (x0[c], y0[c]) on, rows stride[c]
+  // bytes apart (pixels past the image's right and bottom edges are undefined). Like
+  // decode(), consumes the open().
+  struct Planes {
+    const uint8_t* data[3] = {};
+    size_t stride[3] = {};
+    int x0[3] = {}, y0[3] = {};
+  };
+  Planes decode_planes(Rect need, const Allocator& allocate, bool fast_idct = false);
 
  private:
   struct State;

@@ -11,7 +11,8 @@ batch, three ways in one run:
 (c) and (d) run libjpeg-turbo alone: fastloader's own entropy decoder (csrc/jpeg/huffman.h),
 which (b) and fastloader.decode_jpeg use, is switched off for them; (c') is (c) with it.
 
-(b) uses the accurate IDCT (the pipeline's default, as PIL); (b') the fast integer one.
+(b) uses the accurate IDCT (the pipeline's default, as PIL); (b') the fast integer one;
+(b'') decodes to RGB before resizing, as PIL does (fast_color=False: within a level of PIL).
 Prints images/s, images/s per core and the ratios to (a) and (c); medians of interleaved repeats.
 """
 from __future__ import annotations
@@ -81,19 +82,19 @@ def run_pil(images: list[bytes], cores: int) -> float:
 
 # ---- (b) fastloader
 
-def make_pipeline(threads: int, fast_idct: bool = False):
+def make_pipeline(threads: int, **options):
     from fastloader.vision import ImagePipeline, Normalize, RandomHorizontalFlip, ToDtype
 
     return ImagePipeline(
         [RandomResizedCrop(SIZE), RandomHorizontalFlip(), ToDtype(torch.float32, scale=True), Normalize(MEAN, STD)],
         num_threads=threads,
-        fast_idct=fast_idct,
         generator=torch.Generator().manual_seed(0),
+        **options,
     )
 
 
-def run_fastloader(images: list[bytes], cores: int, batch_size: int = 128, fast_idct: bool = False) -> float:
-    pipeline = make_pipeline(cores, fast_idct)
+def run_fastloader(images: list[bytes], cores: int, batch_size: int = 128, **options) -> float:
+    pipeline = make_pipeline(cores, **options)
     pipeline(images[:batch_size])  # warm the threads and buffers
     t = time.perf_counter()
     for start in range(0, len(images), batch_size):
@@ -147,6 +148,7 @@ def run(n: int = 2000, cores_list: tuple[int, ...] = (1, 2), repeats: int = 3, p
         ("(a) PIL/torchvision recipe", run_pil),
         ("(b) fastloader ImagePipeline", run_fastloader),
         ("(b') same, fast IDCT", lambda imgs, cores: run_fastloader(imgs, cores, fast_idct=True)),
+        ("(b'') same, fast_color=False", lambda imgs, cores: run_fastloader(imgs, cores, fast_color=False)),
         ("(c) bare libjpeg-turbo decode", run_bare_decode),
         ("(c') same, our entropy decoder", lambda imgs, cores: run_bare_decode(imgs, cores, own_entropy=True)),
         ("(d) 1/8-scale decode (floor)", lambda imgs, cores: run_bare_decode(imgs, cores, eighths=1)),

@@ -165,6 +165,13 @@ class ImagePipeline:
     ``(batch_of_valid_samples, valid_mask)``; with ``"raise"`` (default) just the batch, and
     the first bad sample raises :class:`fastloader.DecodeError` naming its index and key.
 
+    ``fast_color=True`` (default): a YCbCr JPEG decoded at full scale (no DCT scaling, no
+    EXIF rotation) is resampled as stored, its chroma from its own (subsampled) resolution,
+    and converted to RGB at the output size, skipping libjpeg-turbo's chroma upsampling and
+    colour conversion of the whole crop: ~11% faster, and over 43 dB PSNR against PIL's
+    decode + crop + resize on the benchmark set, where ``fast_color=False`` (PIL's way:
+    decode to RGB, then resize) stays within one level of it.
+
     ``fast_idct=True`` uses libjpeg-turbo's fast integer IDCT (FFCV's choice): within a
     level or two of the default accurate one, which decodes exactly as PIL does; on this
     project's machine it was not measurably faster.
@@ -183,6 +190,7 @@ class ImagePipeline:
         apply_exif_orientation: bool = False,
         dct_scaling: bool = True,
         fast_idct: bool = False,
+        fast_color: bool = True,
         on_error: str = "raise",
         pin_memory: bool = False,
         num_threads: int | None = None,
@@ -203,6 +211,7 @@ class ImagePipeline:
         self.apply_exif_orientation = apply_exif_orientation
         self.dct_scaling = dct_scaling
         self.fast_idct = fast_idct
+        self.fast_color = fast_color
         self.num_threads = num_threads
         self.generator = generator
         self.max_pixels = max_pixels
@@ -255,6 +264,7 @@ class ImagePipeline:
             buffers, geometry, flips, batch, self.mode_code, LAYOUTS[self.layout], self.lut,
             self.apply_exif_orientation, self.dct_scaling, self.fast_idct, self.max_pixels, MAX_SCANS, threads,
             getattr(self, "recipe", None),  # absent from pipelines pickled before it existed
+            getattr(self, "fast_color", False),
         )
         errors = [e or k for e, k in zip(errors, kernel_errors)]
         valid = torch.tensor([not e for e in errors], dtype=torch.bool)

@@ -24,7 +24,7 @@ def test_bench_reports_ratios(tmp_path, monkeypatch, capsys):
     main(["bench", "images", "--n", "16", "--cores", "1", "--repeats", "1"])
     torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    for name in ("(a) PIL", "(b) fastloader", "(c) bare"):
+    for name in ("(a) PIL", "(b) fastloader", "(b'') same, fast_color=False", "(c) bare"):
         assert name in out
     assert "vs (a)" in out and "vs (c)" in out
 
@@ -45,5 +45,5 @@ def test_pil_baseline_matches_fastloader_on_deterministic_ops(tmp_path, monkeypa
     rng.random = lambda: 1.0  # never flip
     ref = torch.stack([images.pil_sample(d, rng, mean, std) for d in datas])
     ours = ImagePipeline([Resize((224, 224)), ToDtype(torch.float32, scale=True), Normalize(images.MEAN, images.STD)],
-                         dct_scaling=False, fast_idct=False)(datas)
+                         dct_scaling=False, fast_idct=False, fast_color=False)(datas)
     assert (ours - ref).abs().max() <= 1.01 / 255 / min(images.STD)

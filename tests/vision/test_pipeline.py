@@ -40,7 +40,7 @@ def planned(pipe: ImagePipeline, datas: list[bytes], seed: int):
 
 
 def test_resize_center_crop_matches_pil_within_one_level(images):
-    pipe = ImagePipeline([Resize(256), CenterCrop(224)], layout="NHWC", dct_scaling=False, fast_idct=False)
+    pipe = ImagePipeline([Resize(256), CenterCrop(224)], layout="NHWC", dct_scaling=False, fast_idct=False, fast_color=False)
     batch = pipe([c.data for c in images]).numpy()
     for case, out in zip(images, batch):
         with Image.open(io.BytesIO(case.data)) as img:
@@ -59,7 +59,7 @@ def test_resize_center_crop_matches_pil_within_one_level(images):
 def test_odd_and_extreme_output_sizes_match_pil_within_one_level(images, size):
     """Odd widths (the last pixel of each row takes its own path), a downscale so large
     that the whole row is one kernel, and an upscale."""
-    pipe = ImagePipeline([Resize(size)], layout="NHWC", dct_scaling=False, fast_idct=False)
+    pipe = ImagePipeline([Resize(size)], layout="NHWC", dct_scaling=False, fast_idct=False, fast_color=False)
     batch = pipe([c.data for c in images]).numpy()
     for case, out in zip(images, batch):
         with Image.open(io.BytesIO(case.data)) as img:
@@ -69,7 +69,7 @@ def test_odd_and_extreme_output_sizes_match_pil_within_one_level(images, size):
 
 def test_random_resized_crop_matches_pil_crop_and_resize(images):
     datas = [c.data for c in images]
-    pipe = ImagePipeline([RandomResizedCrop(96), RandomHorizontalFlip()], layout="NHWC", dct_scaling=False, fast_idct=False)
+    pipe = ImagePipeline([RandomResizedCrop(96), RandomHorizontalFlip()], layout="NHWC", dct_scaling=False, fast_idct=False, fast_color=False)
     geometry, flips = planned(pipe, datas, seed=3)
     batch = pipe(datas).numpy()
     assert 0 < int(flips.sum()) < len(datas)
@@ -86,7 +86,7 @@ def test_random_resized_crop_uses_its_scale_and_ratio(images):
     for case in images[:8]:
         h, w = pil_decode(case.data).shape[:2]
         pipe = ImagePipeline([RandomResizedCrop(48, scale=(1.0, 1.0), ratio=(w / h, w / h))], layout="NHWC",
-                             dct_scaling=False)
+                             dct_scaling=False, fast_color=False)
         out = pipe([case.data]).numpy()[0]
         assert np.abs(out.astype(int) - pil_resized_crop(case.data, (0, 0, w, h), (48, 48))).max() <= 1, case.name
     datas = [c.data for c in images]
@@ -121,6 +121,60 @@ def test_dct_scaled_path_psnr_at_least_35db(jpeg_cases):
             assert (k < 8) == (not np.array_equal(out, plain)), (case.name, size, k)
             scales_seen.add(k)
     assert {1, 2, 4} <= scales_seen, scales_seen
+
+
+@pytest.mark.parametrize("ops", [
+    [RandomResizedCrop(224), RandomHorizontalFlip()],
+    [RandomResizedCrop((33, 17)), RandomHorizontalFlip()],
+    [Resize(160), CenterCrop(128)],
+])
+def test_fast_color_psnr_against_pil(jpeg_cases, ops):
+    """The default fast_color path (Y, Cb, Cr planes resampled as stored, colour converted
+    at the output size) against PIL's decode + crop + bilinear resize: every image of the
+    test set above 40 dB, decoded at full scale."""
+    datas = [c.data for c in jpeg_cases]
+    pipe = ImagePipeline(ops, layout="NHWC", dct_scaling=False)
+    geometry, flips = planned(pipe, datas, seed=8)
+    batch = pipe(datas).numpy()
+    out_h, out_w = batch.shape[1:3]
+    for case, out, g, flip in zip(jpeg_cases, batch, geometry.tolist(), flips.tolist()):
+        box = tuple(int(v) for v in g[:4])
+        resized = pil_resized_crop(case.data, box, (int(g[5]), int(g[4])))
+        ref = resized[int(g[7]):int(g[7]) + out_h, int(g[6]):int(g[6]) + out_w]
+        if ref.shape[:2] != (out_h, out_w):
+            continue  # padded: not this path
+        if flip:
+            ref = ref[:, ::-1]
+        assert psnr(out, ref) >= 40.0, (case.name, box, psnr(out, ref))
+
+
+def test_fast_color_applies_to_full_scale_ycbcr_jpegs_only(jpeg_cases, photos):
+    """Gray and progressive JPEGs, DCT-scaled decodes, EXIF rotations and padded windows
+    take PIL's path whatever fast_color says. A 4:4:4 JPEG has no chroma to resample
+    differently: converting colour after resizing rather than before moves the rounding of
+    the two resampling passes into YCbCr (where Cr weighs 1.4 in R): within 3 levels."""
+    by_name = {c.name: c.data for c in jpeg_cases}
+    def both(ops, datas, **kw):
+        fast, pil = (ImagePipeline(ops, layout="NHWC", fast_color=f, generator=torch.Generator().manual_seed(1),
+                                   **kw)(datas).numpy() for f in (True, False))
+        return fast.astype(int), pil.astype(int)
+    same = [by_name["gray"], by_name["gray-progressive"], by_name["progressive-sub2"]]
+    fast, pil = both([Resize((64, 80))], same, dct_scaling=False)
+    assert np.array_equal(fast, pil)
+    fast, pil = both([Resize((16, 20))], [by_name["q75"]])  # decoded at 1/8 scale
+    assert np.array_equal(fast, pil)
+    rotated = with_orientation(Image.fromarray(photos["coffee"]).resize((120, 90)), 6, quality=90)
+    fast, pil = both([Resize((64, 48))], [rotated], dct_scaling=False, apply_exif_orientation=True)
+    assert np.array_equal(fast, pil)
+    small = [c.data for c in jpeg_cases if c.name.endswith("17x33-q90-sub2")]
+    fast, pil = both([CenterCrop((40, 40))], small, dct_scaling=False)  # padded on every side
+    assert np.array_equal(fast, pil)
+    full = [c.data for c in jpeg_cases if "-sub0" in c.name and "375x500" in c.name]
+    fast, pil = both([RandomResizedCrop(96)], full, dct_scaling=False)
+    assert 0 < np.abs(fast - pil).max() <= 3
+    subsampled = [c.data for c in jpeg_cases if "-sub2" in c.name and "375x500" in c.name]
+    fast, pil = both([Resize((96, 128))], subsampled, dct_scaling=False)
+    assert np.abs(fast - pil).max() > 3  # chroma from its own resolution: the other path
 
 
 def _without_dct_scaling(pipe: ImagePipeline, datas: list[bytes], seed: int) -> np.ndarray:
@@ -255,7 +309,7 @@ def test_roi_decode_is_exact(images):
         full = pil_decode(case.data)
         h, w = full.shape[:2]
         ch, cw = max(1, h // 2 - 3), max(1, w // 3 + 5)
-        out = ImagePipeline([CenterCrop((ch, cw))], layout="NHWC", dct_scaling=False, fast_idct=False)([case.data])[0].numpy()
+        out = ImagePipeline([CenterCrop((ch, cw))], layout="NHWC", dct_scaling=False, fast_idct=False, fast_color=False)([case.data])[0].numpy()
         top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
         assert np.array_equal(out, full[top : top + ch, left : left + cw]), case.name
 
@@ -263,7 +317,7 @@ def test_roi_decode_is_exact(images):
 def test_exif_orientation_in_the_pipeline(jpeg_cases):
     oriented = [c for c in jpeg_cases if c.name.startswith("exif-")]
     datas = [c.data for c in oriented]
-    pipe = ImagePipeline([CenterCrop((100, 90))], layout="NHWC", apply_exif_orientation=True, dct_scaling=False, fast_idct=False)
+    pipe = ImagePipeline([CenterCrop((100, 90))], layout="NHWC", apply_exif_orientation=True, dct_scaling=False, fast_idct=False, fast_color=False)
     batch = pipe(datas).numpy()
     for case, out in zip(oriented, batch):
         full = decode_jpeg(case.data, apply_exif_orientation=True).numpy()
