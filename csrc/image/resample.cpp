@@ -44,7 +44,8 @@ void ResampleAxis::build(double in0, double in1, int clip0, int clip1, int out_s
   first.assign(out_count, 0);
   taps.assign(out_count, 0);
   coeffs.assign(size_t(out_count) * ksize, 0);
-  std::vector<double> w(ksize);
+  thread_local std::vector<double> w;
+  w.resize(ksize);
   src_lo = clip1;
   src_hi = clip0;
   for (int i = 0; i < out_count; ++i) {
@@ -67,7 +68,7 @@ void ResampleAxis::build(double in0, double in1, int clip0, int clip1, int out_s
     int16_t* k = &coeffs[size_t(i) * ksize];
     for (int x = 0; x < xmax; ++x) {
       const double v = ww != 0.0 ? w[x] / ww : w[x];
-      k[x] = static_cast<int16_t>(std::lround(v * (1 << kPrecisionBits)));
+      k[x] = static_cast<int16_t>(v * (1 << kPrecisionBits) + 0.5);  // v >= 0: lround, without the libm call
     }
     first[i] = xmin;
     taps[i] = xmax;
