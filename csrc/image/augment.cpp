@@ -24,7 +24,6 @@ struct Scratch {
   ResampleAxis ax, ay;
   std::vector<uint8_t> roi, oriented, resized, tmp;
   PlanarScratch planar;
-  bool in_planes = false;  // the sample is in planar.planes (Y, Cb, Cr), not in resized
 
   // One huge image must not pin hundreds of MB per thread for the rest of the run.
   void trim() {
@@ -54,24 +53,27 @@ inline void stream_row(void* dst, const void* src, size_t bytes) {
 }
 
 // The output is written from one value table per channel: out = table[c][pixel], a row at
-// a time through `row` (scratch of at least W * C values).
-template <typename T, int C, bool kNHWC>
+// a time through `row` (scratch of at least W * C values). Pixel i's channel c is
+// pixels[i * C + c], or, kPlanar, pixels[c * H * W + i].
+template <typename T, int C, bool kNHWC, bool kPlanar>
 void write_sample(const uint8_t* pixels, int H, int W, bool flip, const T* table, T* row, T* out) {
+  const size_t plane = size_t(H) * W;
+  auto at = [&](size_t i, int c) { return kPlanar ? c * plane + i : i * C + c; };
   for (int y = 0; y < H; ++y) {
-    const uint8_t* in = pixels + size_t(y) * W * C;
+    const size_t first = size_t(y) * W;
     if constexpr (kNHWC) {
       for (int x = 0; x < W; ++x) {
-        const uint8_t* px = in + size_t(flip ? W - 1 - x : x) * C;
-        for (int c = 0; c < C; ++c) row[x * C + c] = table[c * 256 + px[c]];
+        const size_t i = first + size_t(flip ? W - 1 - x : x);
+        for (int c = 0; c < C; ++c) row[x * C + c] = table[c * 256 + pixels[at(i, c)]];
       }
-      stream_row(out + size_t(y) * W * C, row, sizeof(T) * W * C);
+      stream_row(out + first * C, row, sizeof(T) * W * C);
     } else {
       for (int c = 0; c < C; ++c) {
         const T* tc = table + c * 256;
         if (flip)
-          for (int x = 0; x < W; ++x) row[x] = tc[in[(W - 1 - x) * C + c]];
+          for (int x = 0; x < W; ++x) row[x] = tc[pixels[at(first + W - 1 - x, c)]];
         else
-          for (int x = 0; x < W; ++x) row[x] = tc[in[x * C + c]];
+          for (int x = 0; x < W; ++x) row[x] = tc[pixels[at(first + x, c)]];
         stream_row(out + (size_t(c) * H + y) * W, row, sizeof(T) * W);
       }
     }
@@ -137,14 +139,15 @@ void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const 
 }
 #endif
 
+// One sample's uint8 pixels (interleaved, or R, G, B planes when `planar`) into `out`.
 template <typename T>
-void write_sample(const uint8_t* pixels, const BatchSpec& spec, bool flip, const T* table,
+void write_sample(const uint8_t* pixels, bool planar, const BatchSpec& spec, bool flip, const T* table,
                   const ValueRecipe* recipe, T* out) {
   const int H = spec.out_h, W = spec.out_w;
   const bool nhwc = spec.layout == Layout::NHWC;
 #if defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>) {
-    if (spec.mode == ColorMode::RGB && !nhwc) {
+    if (spec.mode == ColorMode::RGB && !nhwc && !planar) {
       write_rgb_planar_f32(pixels, H, W, flip, table, recipe, out);
       return;
     }
@@ -153,42 +156,14 @@ void write_sample(const uint8_t* pixels, const BatchSpec& spec, bool flip, const
   thread_local std::vector<uint8_t> scratch;
   scratch.resize(sizeof(T) * W * 3);
   T* row = reinterpret_cast<T*>(scratch.data());
-  if (spec.mode == ColorMode::RGB)
-    nhwc ? write_sample<T, 3, true>(pixels, H, W, flip, table, row, out)
-         : write_sample<T, 3, false>(pixels, H, W, flip, table, row, out);
+  if (spec.mode != ColorMode::RGB)
+    write_sample<T, 1, true, false>(pixels, H, W, flip, table, row, out);  // one channel: same layout
+  else if (planar)
+    nhwc ? write_sample<T, 3, true, true>(pixels, H, W, flip, table, row, out)
+         : write_sample<T, 3, false, true>(pixels, H, W, flip, table, row, out);
   else
-    write_sample<T, 1, true>(pixels, H, W, flip, table, row, out);  // one channel: same layout
-}
-
-
-// write_sample for R, G, B planes of uint8 levels (each H x W).
-template <typename T>
-void write_rgb_planes(const uint8_t* rgb, const BatchSpec& spec, bool flip, const T* table, T* out) {
-  const int H = spec.out_h, W = spec.out_w;
-  const size_t n = size_t(H) * W;
-  thread_local std::vector<uint8_t> scratch;
-  scratch.resize(sizeof(T) * W * 3);
-  T* row = reinterpret_cast<T*>(scratch.data());
-  for (int y = 0; y < H; ++y) {
-    const size_t at = size_t(y) * W;
-    if (spec.layout == Layout::NHWC) {
-      for (int x = 0; x < W; ++x) {
-        const size_t from = at + size_t(flip ? W - 1 - x : x);
-        for (int c = 0; c < 3; ++c) row[x * 3 + c] = table[c * 256 + rgb[c * n + from]];
-      }
-      stream_row(out + at * 3, row, sizeof(T) * W * 3);
-    } else {
-      for (int c = 0; c < 3; ++c) {
-        const T* tc = table + c * 256;
-        const uint8_t* in = rgb + c * n + at;
-        for (int x = 0; x < W; ++x) row[x] = tc[in[flip ? W - 1 - x : x]];
-        stream_row(out + c * n + at, row, sizeof(T) * W);
-      }
-    }
-  }
-#if defined(__AVX2__)
-  _mm_sfence();
-#endif
+    nhwc ? write_sample<T, 3, true, false>(pixels, H, W, flip, table, row, out)
+         : write_sample<T, 3, false, false>(pixels, H, W, flip, table, row, out);
 }
 
 struct OutputTables {
@@ -221,11 +196,11 @@ struct OutputTables {
     }
   }
 
-  void write(const uint8_t* pixels, const BatchSpec& spec, bool flip, void* out) const {
+  void write(const uint8_t* pixels, const BatchSpec& spec, bool flip, void* out, bool planar = false) const {
     switch (spec.dtype) {
-      case OutDType::U8: write_sample(pixels, spec, flip, u8.data(), nullptr, static_cast<uint8_t*>(out)); break;
-      case OutDType::F32: write_sample(pixels, spec, flip, f32.data(), recipe, static_cast<float*>(out)); break;
-      default: write_sample(pixels, spec, flip, u16.data(), nullptr, static_cast<uint16_t*>(out)); break;
+      case OutDType::U8: write_sample(pixels, planar, spec, flip, u8.data(), nullptr, static_cast<uint8_t*>(out)); break;
+      case OutDType::F32: write_sample(pixels, planar, spec, flip, f32.data(), recipe, static_cast<float*>(out)); break;
+      default: write_sample(pixels, planar, spec, flip, u16.data(), nullptr, static_cast<uint16_t*>(out)); break;
     }
   }
 
@@ -238,11 +213,7 @@ struct OutputTables {
     const size_t n = size_t(spec.out_h) * spec.out_w;
     p.levels.resize(3 * n);
     ycbcr_to_rgb_levels(p.planes.data(), n, p.levels.data());
-    switch (spec.dtype) {
-      case OutDType::U8: write_rgb_planes(p.levels.data(), spec, flip, u8.data(), static_cast<uint8_t*>(out)); break;
-      case OutDType::F32: write_rgb_planes(p.levels.data(), spec, flip, f32.data(), static_cast<float*>(out)); break;
-      default: write_rgb_planes(p.levels.data(), spec, flip, u16.data(), static_cast<uint16_t*>(out)); break;
-    }
+    write(p.levels.data(), spec, flip, out, /*planar=*/true);
   }
 };
 
@@ -255,11 +226,11 @@ void check_geometry(const SampleGeometry& g, int w, int h) {
                     std::to_string(w) + "x" + std::to_string(h) + " image");
 }
 
-// Produces the out_h x out_w x C uint8 pixels of one sample in s.resized, or, where
-// `planes_ok` and the image allows, its Y, Cb, Cr planes (planar.h) in s.planar.
-void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchSpec& spec,
+// Produces the out_h x out_w x C uint8 pixels of one sample in s.resized or, where
+// `planes_ok` and the image allows, its Y, Cb, Cr planes (planar.h) in s.planar.planes:
+// returns true then.
+bool render_sample(const ImageSource& src, const SampleGeometry& g, const BatchSpec& spec,
                    bool planes_ok, Scratch& s) {
-  s.in_planes = false;
   const int C = channels_of(spec.mode);
   const bool raw = src.raw_w > 0;
   JpegDecoder& dec = thread_decoder();
@@ -289,9 +260,9 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
   const int clip_h = std::min(sh, int(std::ceil(by1))) - fy;
   if (planes_ok && !raw && scale == 8 && orientation == 1) {
     const LumaBox box{bx0, by0, bx1, by1, fx, fy, fx + clip_w, fy + clip_h};
-    s.in_planes = render_ycbcr_planes(dec, w, h, box, g.resize_w, g.resize_h, g.win_x, g.win_y, spec.out_w,
-                                      spec.out_h, spec.fast_idct, s.planar);
-    if (s.in_planes) return;
+    if (render_ycbcr_planes(dec, w, h, box, g.resize_w, g.resize_h, g.win_x, g.win_y, spec.out_w, spec.out_h,
+                            spec.fast_idct, s.planar))
+      return true;
   }
   s.ax.build(bx0 - fx, bx1 - fx, 0, clip_w, g.resize_w, g.win_x, spec.out_w);
   s.ay.build(by0 - fy, by1 - fy, 0, clip_h, g.resize_h, g.win_y, spec.out_h);
@@ -300,7 +271,7 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
                  s.ay.src_hi - s.ay.src_lo};
   if (roi.w <= 0 || roi.h <= 0) {  // the window is all padding
     std::fill(s.resized.begin(), s.resized.end(), 0);
-    return;
+    return false;
   }
   // The ROI's pixels, with the spare bytes resample_u8 reads past the end.
   constexpr size_t kSpare = 8;
@@ -330,6 +301,7 @@ void render_sample(const ImageSource& src, const SampleGeometry& g, const BatchS
   s.ax.rebase(s.ax.src_lo);
   s.ay.rebase(s.ay.src_lo);
   resample_u8(view.data, view.stride, C, s.ax, s.ay, s.resized.data(), s.tmp);
+  return false;
 }
 
 }  // namespace
@@ -400,8 +372,7 @@ std::vector<std::string> augment_batch(const std::vector<ImageSource>& images,
     thread_local Scratch scratch;
     void* slot = static_cast<uint8_t*>(out) + sample_bytes * i;
     try {
-      render_sample(images[i], geometry[i], spec, planes_ok, scratch);
-      if (scratch.in_planes)
+      if (render_sample(images[i], geometry[i], spec, planes_ok, scratch))
         tables.write_planes(scratch.planar, spec, geometry[i].flip, slot);
       else
         tables.write(scratch.resized.data(), spec, geometry[i].flip, slot);

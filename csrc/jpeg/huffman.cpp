@@ -89,6 +89,28 @@ inline int symbol(BitReader& r, const HuffTable& t) {
   return slow_symbol(r, t);
 }
 
+enum class Step { kMore, kEnd, kBad };
+
+// One AC coefficient (or run of zeros, or end of block) the table lookups do not resolve:
+// a longer code, or a magnitude that does not fit them, up to 31 bits. kBad: no code
+// matches.
+template <bool kStore>
+inline Step long_coefficient(BitReader& r, const HuffTable& ac, JCOEF* block, int& k) {
+  r.ensure_coefficient();
+  const int rs = symbol(r, ac);
+  if (rs < 0) return Step::kBad;
+  const int run = rs >> 4, size = rs & 15;
+  if (size) {
+    k += run;
+    const int magnitude = r.take(size);
+    if constexpr (kStore) block[kNatural[k]] = static_cast<JCOEF>(extend(magnitude, size));
+    return ++k >= 64 ? Step::kEnd : Step::kMore;
+  }
+  if (run != 15) return Step::kEnd;  // end of block
+  k += 16;
+  return k >= 64 ? Step::kEnd : Step::kMore;
+}
+
 // Passes over the AC coefficients of a block whose values are not needed, several per
 // lookup where they fit (HuffTable::skip). An entry that would take the block past its
 // 64th position holds bits of the next block (or corrupt data): that step goes one
@@ -108,18 +130,8 @@ inline bool skip_ac(BitReader& r, const HuffTable& ac) {
       if ((e & (1u << 12)) || k == 64) return true;
     }
     if (i == kLookups) continue;
-    r.ensure_coefficient();
-    const int rs = symbol(r, ac);
-    if (rs < 0) return false;
-    const int run = rs >> 4, size = rs & 15;
-    if (size) {
-      r.drop(size);
-      k += run + 1;
-    } else {
-      if (run != 15) return true;  // end of block
-      k += 16;
-    }
-    if (k >= 64) return true;
+    const Step step = long_coefficient<false>(r, ac, nullptr, k);
+    if (step != Step::kMore) return step == Step::kEnd;
   }
 }
 
@@ -146,21 +158,8 @@ inline bool ac_coefficients(BitReader& r, const HuffTable& ac, JCOEF* block) {
         if (++k >= 64) return true;
         continue;
       }
-      // A longer code, or a magnitude that does not fit the lookup: up to 31 bits.
-      r.ensure_coefficient();
-      const int rs = symbol(r, ac);
-      if (rs < 0) return false;
-      const int run = rs >> 4, s = rs & 15;
-      if (s) {
-        k += run;
-        const int magnitude = r.take(s);
-        if constexpr (kStore) block[kNatural[k]] = static_cast<JCOEF>(extend(magnitude, s));
-        if (++k >= 64) return true;
-      } else {
-        if (run != 15) return true;  // end of block
-        k += 16;
-        if (k >= 64) return true;
-      }
+      const Step step = long_coefficient<kStore>(r, ac, block, k);
+      if (step != Step::kMore) return step == Step::kEnd;
       break;  // the bits left may not cover the rest of the group: refill
     }
   }
