@@ -43,14 +43,12 @@ def _special_tokens(config: dict, tokens_map: dict) -> set[str]:
     return {c for c in contents if c is not None}
 
 
-def legacy_added_tokens(directory: str) -> tuple[str, list[dict[str, Any]]] | None:
+def legacy_added_tokens(directory: str, config: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
     """(the file they come from, their entries as tokenizer.json lists them), or None when
-    the directory adds none. tokenizer_config.json's `added_tokens_decoder` (transformers
-    >= 4.34) wins; else added_tokens.json, each token normalized unless it is special."""
+    the directory adds none; `config` is its tokenizer_config.json. That file's
+    `added_tokens_decoder` (transformers >= 4.34) wins; else added_tokens.json, each token
+    normalized unless it is special."""
     config_path = os.path.join(directory, "tokenizer_config.json")
-    config = _json_file(config_path) if os.path.exists(config_path) else {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: not a JSON object")
     decoder = config.get("added_tokens_decoder")
     if decoder is not None:
         if not isinstance(decoder, dict):

@@ -126,7 +126,7 @@ def _check_bert_pipeline(path: str, spec: dict[str, Any]) -> None:
 
 
 def _read_tokenizer_config(directory: str) -> dict[str, Any]:
-    """The options HF's BertTokenizerFast takes from tokenizer_config.json."""
+    """A model directory's tokenizer_config.json ({} when it has none)."""
     path = os.path.join(directory, "tokenizer_config.json")
     if not os.path.exists(path):
         return {}
@@ -135,6 +135,13 @@ def _read_tokenizer_config(directory: str) -> dict[str, Any]:
             conf = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable tokenizer config: {e}") from None
+    if not isinstance(conf, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return conf
+
+
+def _config_options(conf: dict[str, Any]) -> dict[str, Any]:
+    """The options HF's BertTokenizerFast takes from tokenizer_config.json."""
     found = {k: conf[k] for k in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "padding_side",
                                   "truncation_side") if k in conf}
     if isinstance(conf.get("model_max_length"), int) and conf["model_max_length"] < 1 << 40:
@@ -221,12 +228,12 @@ class WordPieceTokenizer:
             vocab, found = _read_tokenizer_json(path, whole_pipeline=not os.path.isdir(original))
         else:
             vocab, found = _read_vocab_txt(path), {}
-            legacy = legacy_added_tokens(original) if os.path.isdir(original) else None
+            legacy = legacy_added_tokens(original, config) if os.path.isdir(original) else None
             if legacy:  # a slow tokenizer's save: its added tokens are in the other files
                 added = _added_tokens(*legacy, vocab)
                 named = {content for content, _, _ in added}
                 found["added_tokens"] = [t for t in _BERT_SPECIALS if t in vocab and t not in named] + added
-        return cls(vocab, **{**found, **config, **options, "source": path})
+        return cls(vocab, **{**found, **_config_options(config), **options, "source": path})
 
     def _threads(self) -> int:
         return self.num_threads or torch.get_num_threads()
