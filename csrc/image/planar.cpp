@@ -117,35 +117,40 @@ void write_ycbcr_as_rgb_f32(const uint8_t* planes, int h, int w, bool flip, cons
                             const ValueRecipe* recipe, float* out) {
   const size_t n = size_t(w) * h;
   const uint8_t *yp = planes, *cbp = planes + n, *crp = planes + 2 * n;
-  for (int y = 0; y < h; ++y) {
-    const size_t row = size_t(y) * w;
-    float* dst[3] = {out + row, out + n + row, out + 2 * n + row};
-    int x = 0;
+  auto write_rows = [&](auto values8) {
+    for (int y = 0; y < h; ++y) {
+      const size_t row = size_t(y) * w;
+      float* dst[3] = {out + row, out + n + row, out + 2 * n + row};
+      int x = 0;
 #if defined(__AVX2__)
-    const LevelsAvx2 pixels{yp, cbp, crp, flip};
-    const bool aligned = ((reinterpret_cast<uintptr_t>(dst[0]) | reinterpret_cast<uintptr_t>(dst[1]) |
-                           reinterpret_cast<uintptr_t>(dst[2])) & 31) == 0;
-    for (; x + 8 <= w; x += 8) {
-      __m256 rgb[3];
-      pixels(row + size_t(flip ? w - 8 - x : x), rgb);
-      for (int c = 0; c < 3; ++c) {
-        const __m256 value = recipe ? recipe[c](rgb[c]) : _mm256_i32gather_ps(table + 256 * c, _mm256_cvtps_epi32(rgb[c]), 4);
-        if (aligned)
-          _mm256_stream_ps(dst[c] + x, value);
-        else
-          _mm256_storeu_ps(dst[c] + x, value);
+      const LevelsAvx2 pixels{yp, cbp, crp, flip};
+      const bool aligned = ((reinterpret_cast<uintptr_t>(dst[0]) | reinterpret_cast<uintptr_t>(dst[1]) |
+                             reinterpret_cast<uintptr_t>(dst[2])) & 31) == 0;
+      for (; x + 8 <= w; x += 8) {
+        __m256 rgb[3];
+        pixels(row + size_t(flip ? w - 8 - x : x), rgb);
+        for (int c = 0; c < 3; ++c) {
+          const __m256 value = values8(c, rgb[c]);
+          if (aligned)
+            _mm256_stream_ps(dst[c] + x, value);
+          else
+            _mm256_storeu_ps(dst[c] + x, value);
+        }
+      }
+#endif
+      for (; x < w; ++x) {
+        float v[3];
+        levels(yp, cbp, crp, row + size_t(flip ? w - 1 - x : x), v);
+        for (int c = 0; c < 3; ++c)
+          dst[c][x] = recipe ? recipe[c](v[c]) : table[256 * c + int(v[c])];
       }
     }
-#endif
-    for (; x < w; ++x) {
-      float v[3];
-      levels(yp, cbp, crp, row + size_t(flip ? w - 1 - x : x), v);
-      for (int c = 0; c < 3; ++c)
-        dst[c][x] = recipe ? recipe[c](v[c]) : table[256 * c + int(v[c])];
-    }
-  }
+  };
 #if defined(__AVX2__)
+  with_values(recipe, table, 3, write_rows);
   _mm_sfence();  // the streamed stores are visible before the batch is handed back
+#else
+  write_rows(nullptr);
 #endif
 }
 

@@ -38,20 +38,55 @@ struct ValueRecipe {
     const float t = v * multiplier - mean;
     return inverse != 0 ? quotient(t, inverse) : t / stdev;
   }
+};
 
 #if defined(__AVX2__)
-  __m256 operator()(__m256 v) const {
-    const __m256 t = _mm256_sub_ps(_mm256_mul_ps(v, _mm256_set1_ps(multiplier)), _mm256_set1_ps(mean));
-#if defined(__FMA__)
-    if (inverse != 0) {
-      const __m256 inv = _mm256_set1_ps(inverse);
-      const __m256 q = _mm256_mul_ps(t, inv);
-      return _mm256_fmadd_ps(_mm256_fnmadd_ps(q, _mm256_set1_ps(stdev), t), inv, q);
-    }
-#endif
-    return _mm256_div_ps(t, _mm256_set1_ps(stdev));
+// The values of 8 levels of channel c, their constants held for a whole loop: float
+// stores in a kernel's loop could alias a ValueRecipe in memory, so a kernel reading one
+// there reloads and retests it for every 8 pixels.
+struct GatheredValues {  // from the value table (channels x 256)
+  const float* table;
+  __m256 operator()(int c, __m256 levels) const {
+    return _mm256_i32gather_ps(table + 256 * c, _mm256_cvtps_epi32(levels), 4);
   }
-#endif
 };
+
+template <bool kInverse>
+struct ComputedValues {  // by the channels' recipes; kInverse: all use the reciprocal
+  __m256 multiplier[3], mean[3], stdev[3], inverse[3];
+
+  ComputedValues(const ValueRecipe* recipe, int channels) {
+    for (int c = 0; c < channels; ++c) {
+      multiplier[c] = _mm256_set1_ps(recipe[c].multiplier);
+      mean[c] = _mm256_set1_ps(recipe[c].mean);
+      stdev[c] = _mm256_set1_ps(recipe[c].stdev);
+      inverse[c] = _mm256_set1_ps(recipe[c].inverse);
+    }
+  }
+
+  __m256 operator()(int c, __m256 levels) const {
+    const __m256 t = _mm256_sub_ps(_mm256_mul_ps(levels, multiplier[c]), mean[c]);
+    if constexpr (kInverse) {
+      const __m256 q = _mm256_mul_ps(t, inverse[c]);
+      return _mm256_fmadd_ps(_mm256_fnmadd_ps(q, stdev[c], t), inverse[c], q);
+    } else {
+      return _mm256_div_ps(t, stdev[c]);
+    }
+  }
+};
+
+// Calls kernel(values) with the values functor that fits: computed where `recipe` is
+// given (the table's own steps, checked against it), else gathered from `table`.
+template <class Kernel>
+void with_values(const ValueRecipe* recipe, const float* table, int channels, Kernel&& kernel) {
+  if (!recipe) return kernel(GatheredValues{table});
+#if defined(__FMA__)
+  bool inverse = true;
+  for (int c = 0; c < channels; ++c) inverse = inverse && recipe[c].inverse != 0;
+  if (inverse) return kernel(ComputedValues<true>(recipe, channels));
+#endif
+  kernel(ComputedValues<false>(recipe, channels));
+}
+#endif
 
 }  // namespace fastloader
