@@ -117,7 +117,7 @@ void write_ycbcr_as_rgb_f32(const uint8_t* planes, int h, int w, bool flip, cons
                             const ValueRecipe* recipe, float* out) {
   const size_t n = size_t(w) * h;
   const uint8_t *yp = planes, *cbp = planes + n, *crp = planes + 2 * n;
-  auto write_rows = [&](auto values8) {
+  auto write_rows = [&]([[maybe_unused]] auto values8) {  // values8(c, levels): 8 float values
     for (int y = 0; y < h; ++y) {
       const size_t row = size_t(y) * w;
       float* dst[3] = {out + row, out + n + row, out + 2 * n + row};
