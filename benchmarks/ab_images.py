@@ -20,24 +20,18 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def time_pipeline(n: int, passes: int, threads: int, batch_size: int = 128) -> float:
-    """Images/s of the (b) pipeline over the benchmark set, in this process."""
+def time_pipeline(n: int, passes: int, threads: int) -> float:
+    """Images/s of the (b) pipeline over the benchmark set in this process: the median of
+    `passes` timed passes."""
     from fastloader.bench.datasets import imagenet_like
-    from fastloader.bench.images import make_pipeline
+    from fastloader.bench.images import run_fastloader
 
     images = [p.read_bytes() for p in imagenet_like(n)]
-    pipeline = make_pipeline(threads)
-    pipeline(images[:batch_size])  # warm the threads and buffers
-    start = time.perf_counter()
-    for _ in range(passes):
-        for i in range(0, n, batch_size):
-            pipeline(images[i:i + batch_size])
-    return passes * n / (time.perf_counter() - start)
+    return statistics.median(run_fastloader(images, threads) for _ in range(passes))
 
 
 def run_build(build: str, args: argparse.Namespace) -> float:
@@ -57,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save", metavar="DIR", help="copy the current build (package and _C) to DIR")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--n", type=int, default=2000, help="images in the benchmark set")
-    parser.add_argument("--passes", type=int, default=3, help="passes over the set per timing")
+    parser.add_argument("--passes", type=int, default=3, help="timed passes over the set per process")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", metavar="BUILD", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -85,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{b} holds no fastloader package")
 
     rates: dict[str, list[float]] = {b: [] for b in args.builds}
-    print(f"(b) pipeline, {args.threads} thread(s), {args.passes} x {args.n} images per timing; images/s")
+    print(f"(b) pipeline, {args.threads} thread(s), median of {args.passes} passes over {args.n} images; images/s")
     for r in range(args.rounds):
         row = [run_build(b, args) for b in args.builds]
         for b, v in zip(args.builds, row):
