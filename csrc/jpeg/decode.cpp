@@ -121,6 +121,20 @@ std::pair<int, int> decoded_mcu_cols(const jpeg_decompress_struct& cinfo, JDIMEN
   return {int(xoff) / align, int((xoff + width + align - 1) / align) - 1};
 }
 
+// The first MCU row a decode that skips `skipped` output rows (jpeg_skip_scanlines) asks
+// blocks of: the one holding the first row kept, or the one above it, which libjpeg may
+// read again as context for upsampling.
+int first_decoded_mcu_row(const jpeg_decompress_struct& cinfo, int skipped) {
+#if JPEG_LIB_VERSION >= 70
+  const int block = cinfo.min_DCT_v_scaled_size;
+#else
+  const int block = cinfo.min_DCT_scaled_size;
+#endif
+  const bool single = cinfo.comps_in_scan == 1 && cinfo.num_components == 1;
+  const int mcu_h = single ? block : block * cinfo.max_v_samp_factor;
+  return std::max(0, skipped / mcu_h - 1);
+}
+
 }  // namespace
 
 void use_own_entropy_decoder(bool on) { own_entropy_decoder = on; }
@@ -240,7 +254,7 @@ PixelView JpegDecoder::decode(ColorMode mode, int scale_num, Rect roi, const All
     if (cropped) jpeg_crop_scanline(&cinfo, &xoff, &width);
     if (own_entropy_decoder) {
       const auto cols = cropped ? decoded_mcu_cols(cinfo, xoff, width) : std::pair{0, INT_MAX};
-      s.entropy.install(&cinfo, cols.first, cols.second);
+      s.entropy.install(&cinfo, cols.first, cols.second, first_decoded_mcu_row(cinfo, roi.y));
     }
     // Rows land straight in the caller's memory, whole decoded width; conversions to
     // fewer channels run in place at the start of each row.
@@ -316,7 +330,7 @@ JpegDecoder::Planes JpegDecoder::decode_planes(Rect need, const Allocator& alloc
     const int r0 = need.y / mcu_h, r1 = (need.y + need.h - 1) / mcu_h;
     // MCU rows above: their coefficients passed over, no IDCT (as jpeg_skip_scanlines
     // does, which raw data output does not offer); MCU columns beside: no IDCT either.
-    if (own_entropy_decoder) s.entropy.install(&cinfo, c0, c1);
+    if (own_entropy_decoder) s.entropy.install(&cinfo, c0, c1, r0);
     for (int i = 0; i < r0 * int(cinfo.MCUs_per_row); ++i) (*cinfo.entropy->decode_mcu)(&cinfo, nullptr);
     cinfo.input_iMCU_row = cinfo.output_iMCU_row = JDIMENSION(r0);
     cinfo.output_scanline = JDIMENSION(r0 * mcu_h);

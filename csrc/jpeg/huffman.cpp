@@ -1,5 +1,6 @@
 #include "huffman.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <vector>
@@ -265,7 +266,7 @@ void HuffTable::build_skip() {
   }
 }
 
-bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col) {
+bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col, int first_row) {
 #ifndef LIBJPEG_TURBO_VERSION_NUMBER
   return false;  // the Hook layout and call pattern are libjpeg-turbo's (IJG's libjpeg 9 differs)
 #endif
@@ -309,9 +310,12 @@ bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col
   std::memset(last_dc_, 0, sizeof(last_dc_));
   restarts_to_go_ = cinfo->restart_interval;
   mcu_col_ = 0;
+  mcu_ = 0;
+  skip_interval_ = false;
   mcus_per_row_ = static_cast<int>(cinfo->MCUs_per_row);
   first_col_ = first_col;
   last_col_ = last_col;
+  first_row_ = first_row;
 
   hook_.start_pass = start_pass;
   hook_.decode_mcu = decode_mcu;
@@ -386,16 +390,31 @@ void EntropyDecoder::restart(j_decompress_ptr cinfo) {
   restarts_to_go_ = cinfo->restart_interval;
 }
 
+// Whether any of the MCUs [first_mcu, first_mcu + count) is one libjpeg keeps: from
+// first_row_ on, in the columns [first_col_, last_col_].
+bool EntropyDecoder::keeps_any(int first_mcu, int count) const {
+  for (int m = first_mcu, end = first_mcu + count; m < end;) {
+    const int row = m / mcus_per_row_, col = m % mcus_per_row_;
+    const int row_end = std::min(end, (row + 1) * mcus_per_row_);  // this row's part
+    if (row >= first_row_ && col <= last_col_ && col + (row_end - m) - 1 >= first_col_) return true;
+    m = row_end;
+  }
+  return false;
+}
+
 boolean EntropyDecoder::decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* blocks) {
   EntropyDecoder& d = *reinterpret_cast<Hook*>(cinfo->entropy)->self;
   if (cinfo->restart_interval) {
+    const unsigned interval = cinfo->restart_interval;
     if (d.restarts_to_go_ == 0) d.restart(cinfo);
+    if (d.restarts_to_go_ == interval) d.skip_interval_ = !d.keeps_any(d.mcu_, int(interval));
     --d.restarts_to_go_;
   }
   // libjpeg IDCTs only the MCU columns of the crop; NULL blocks: rows being skipped.
   const bool keep = blocks != nullptr && d.mcu_col_ >= d.first_col_ && d.mcu_col_ <= d.last_col_;
   if (++d.mcu_col_ == d.mcus_per_row_) d.mcu_col_ = 0;
-  if (d.hook_.insufficient_data) return TRUE;
+  ++d.mcu_;
+  if (d.hook_.insufficient_data || d.skip_interval_) return TRUE;
 
   BitReader r{d.next_, d.bits_, d.bit_count_};
   for (int b = 0; b < d.blocks_in_mcu_; ++b) {

@@ -54,9 +54,11 @@ class EntropyDecoder {
   // Takes over entropy decoding of the scan libjpeg has just set up (call right after
   // jpeg_start_decompress and jpeg_crop_scanline, reading from a memory source). Blocks
   // of MCU columns outside [first_col, last_col], which libjpeg does not IDCT, keep only
-  // their DC prediction. Returns false, leaving libjpeg's decoder in place, for scans it
-  // does not handle (progressive, arithmetic, multi-scan).
-  bool install(j_decompress_ptr cinfo, int first_col, int last_col);
+  // their DC prediction. MCU rows above first_row are asked for without blocks (passed
+  // over). A restart interval none of whose MCUs is kept is not decoded at all: restart
+  // markers make the next one independent of it. Returns false, leaving libjpeg's decoder
+  // in place, for scans it does not handle (progressive, arithmetic, multi-scan).
+  bool install(j_decompress_ptr cinfo, int first_col, int last_col, int first_row = 0);
 
  private:
   // Laid out like libjpeg's struct jpeg_entropy_decoder (jpegint.h), whose place in
@@ -72,6 +74,7 @@ class EntropyDecoder {
   static boolean decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* blocks);
 
   void split_scan(const uint8_t* data, size_t size);
+  bool keeps_any(int first_mcu, int count) const;
   void restart(j_decompress_ptr cinfo);
   void fail(j_decompress_ptr cinfo, int warning, int param0 = 0, int param1 = 0);
 
@@ -96,7 +99,9 @@ class EntropyDecoder {
   int bit_count_ = 0;
   int last_dc_[MAX_COMPS_IN_SCAN] = {};
   unsigned restarts_to_go_ = 0;
-  int mcu_col_ = 0, mcus_per_row_ = 0, first_col_ = 0, last_col_ = 0;
+  int mcu_col_ = 0, mcus_per_row_ = 0, first_col_ = 0, last_col_ = 0, first_row_ = 0;
+  int mcu_ = 0;                 // MCUs asked for so far
+  bool skip_interval_ = false;  // the current restart interval keeps no MCU: not decoded
 };
 
 }  // namespace fastloader

@@ -3,7 +3,9 @@ it replaces for sequential JPEGs: the same pixels for every image, scale, crop a
 mode, and the same verdict on corrupt data, with two exceptions: ours reports every
 invalid Huffman code, where libjpeg-turbo's fast path decodes it as a zero without a word,
 and ours decodes a file whose only flaw is a missing end-of-image marker, which libjpeg
-rejects because its bit reader reads past the last bits it needs."""
+rejects because its bit reader reads past the last bits it needs. A third, by design: of
+a JPEG with restart markers, a crop decodes only the restart intervals it touches, so
+damage elsewhere in the file goes unread (as damage below a crop always has)."""
 import contextlib
 
 import numpy as np
@@ -148,6 +150,50 @@ def test_restart_marker_errors(photos):
     padded = data[:at] + b"\x12\x34" + data[at:]
     ours, ref = both(decode_jpeg, padded)
     assert_same(ours, ref, "padded")
+
+
+@pytest.fixture(scope="module")
+def restart_cases(photos):
+    """Restart intervals of 1, 2 and 5 MCUs and of one MCU row, in 4:4:4 and 4:2:0."""
+    cases = []
+    for name in sorted(photos)[:3]:
+        img = Image.fromarray(photos[name])
+        for subsampling in (0, 2):
+            for interval in ({"restart_marker_blocks": 1}, {"restart_marker_blocks": 2},
+                             {"restart_marker_blocks": 5}, {"restart_marker_rows": 1}):
+                cases.append(encode_jpeg(img, quality=90, subsampling=subsampling, **interval))
+    return cases
+
+
+@pytest.mark.parametrize("fast_color", [True, False])
+def test_crops_skip_restart_intervals_exactly(restart_cases, fast_color):
+    # Small crops leave most intervals untouched (not decoded at all); larger ones and
+    # DCT-scaled ones skip fewer. The pixels are those of libjpeg's decoder, which reads all.
+    for ops in ([RandomResizedCrop(40, scale=(0.01, 0.1))], [RandomResizedCrop(96)], [CenterCrop(24)]):
+        for seed in range(3):
+
+            def batch():
+                pipe = ImagePipeline(ops, fast_color=fast_color, generator=torch.Generator().manual_seed(seed))
+                return pipe(restart_cases)
+
+            ours = batch()
+            with libjpeg_entropy_decoder():
+                ref = batch()
+            assert torch.equal(ours, ref), (ops, seed)
+
+
+def test_damage_in_a_restart_interval_outside_the_crop_goes_unread(photos):
+    data = encode_jpeg(Image.fromarray(photos[sorted(photos)[0]]), quality=90, restart_marker_blocks=2)
+    sos = data.index(b"\xff\xda")
+    scan = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    first_marker = _restart_markers(data)[0]
+    # the first interval (the top-left MCUs) cut short: its MCUs run out of bits
+    damaged = data[: scan + 4] + data[first_marker:]
+    with pytest.raises(DecodeError, match="premature end of data segment"):
+        decode_jpeg(damaged)
+    for fast_color in (True, False):
+        pipe = ImagePipeline([CenterCrop(32)], fast_color=fast_color)
+        assert torch.equal(pipe([damaged]), pipe([data]))
 
 
 def test_missing_end_of_image_marker_decodes(photos):
