@@ -24,7 +24,8 @@ def _bench(args) -> int:
     else:
         from .bench import images
 
-        images.run(args.n, tuple(int(c) for c in args.cores.split(",")), args.repeats)
+        images.run(args.n, tuple(int(c) for c in args.cores.split(",")), args.repeats,
+                   restart_blocks=args.restart_blocks)
     return 0
 
 
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                        "(default 1,2)")
     bench.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is shown "
                        "(default 3)")
+    bench.add_argument("--restart-blocks", type=int, default=0, metavar="K",
+                       help="images: the same images with a restart marker every K MCUs, which a crop "
+                       "skips to (default 0: none, as most JPEGs)")
     bench.add_argument("--workers", default=None,
                        help="loader / shards: comma-separated num_workers (default 0,2 / 1,2; shards "
                        "always adds its in-process row)")

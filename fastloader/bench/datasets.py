@@ -47,10 +47,15 @@ def bundled_photos() -> dict[str, np.ndarray]:
     return photos
 
 
-def imagenet_like(n: int = 2000, *, seed: int = 0, quality: int = 90) -> list[Path]:
+def imagenet_like(n: int = 2000, *, seed: int = 0, quality: int = 90, restart_blocks: int = 0) -> list[Path]:
     """``n`` JPEGs around 500x375 (or 375x500), quality 90, 4:2:0, like ImageNet's: random
-    crops of the bundled photos at varied scales, aspect ratios, flips and colour casts."""
-    out = cache_dir() / f"imagenet_like_v1_n{n}_s{seed}_q{quality}"
+    crops of the bundled photos at varied scales, aspect ratios, flips and colour casts.
+    With `restart_blocks`, the same images (the same pixels) with a restart marker every
+    that many MCUs."""
+    if not 0 <= restart_blocks <= 65535:
+        raise ValueError(f"restart_blocks must be in 0..65535, got {restart_blocks}")
+    restarts = f"_r{restart_blocks}" if restart_blocks else ""
+    out = cache_dir() / f"imagenet_like_v1_n{n}_s{seed}_q{quality}{restarts}"
     paths = [out / f"{i:06d}.jpg" for i in range(n)]
     if (out / "DONE").exists():
         return paths
@@ -76,7 +81,7 @@ def imagenet_like(n: int = 2000, *, seed: int = 0, quality: int = 90) -> list[Pa
         if rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=quality)
+        img.save(buf, "JPEG", quality=quality, **({"restart_marker_blocks": restart_blocks} if restart_blocks else {}))
         path.write_bytes(buf.getvalue())
     (out / "DONE").write_text(f"{n}\n")
     return paths

@@ -134,13 +134,15 @@ class Row:
         return statistics.median(self.rates)
 
 
-def run(n: int = 2000, cores_list: tuple[int, ...] = (1, 2), repeats: int = 3, printer=print) -> list[Row]:
+def run(n: int = 2000, cores_list: tuple[int, ...] = (1, 2), repeats: int = 3, printer=print,
+        restart_blocks: int = 0) -> list[Row]:
     from .datasets import imagenet_like
 
-    paths = imagenet_like(n)
+    paths = imagenet_like(n, restart_blocks=restart_blocks)
     images = [p.read_bytes() for p in paths]
+    restarts = f", a restart marker every {restart_blocks} MCUs" if restart_blocks else ""
     printer(f"dataset: {n} JPEGs, mean {np.mean([len(b) for b in images]) / 1024:.0f} KiB, "
-            f"~500x375 q90 4:2:0, from the photos bundled with scikit-image/scikit-learn")
+            f"~500x375 q90 4:2:0{restarts}, from the photos bundled with scikit-image/scikit-learn")
     printer(f"task: decode + RandomResizedCrop({SIZE}) + flip + normalize -> float32 NCHW batch; "
             f"median of {repeats} runs")
     rows = []

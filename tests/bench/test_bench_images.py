@@ -18,6 +18,17 @@ def test_dataset_is_imagenet_like(tmp_path, monkeypatch):
     assert imagenet_like(12, seed=3) == paths  # cached
 
 
+def test_restart_marker_variant_has_the_same_pixels(tmp_path, monkeypatch):
+    from fastloader import decode_jpeg
+
+    monkeypatch.setenv("FASTLOADER_CACHE", str(tmp_path))
+    plain, marked = imagenet_like(6, seed=3), imagenet_like(6, seed=3, restart_blocks=4)
+    for p, m in zip(plain, marked):
+        data = m.read_bytes()
+        assert data.count(b"\xff\xdd") == 1 and b"\xff\xd0" in data  # DRI, then RST0...
+        assert torch.equal(decode_jpeg(p.read_bytes()), decode_jpeg(data))
+
+
 def test_bench_reports_ratios(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FASTLOADER_CACHE", str(tmp_path))
     threads = torch.get_num_threads()
@@ -27,6 +38,9 @@ def test_bench_reports_ratios(tmp_path, monkeypatch, capsys):
     for name in ("(a) PIL", "(b) fastloader", "(b'') same, fast_color=False", "(c) bare"):
         assert name in out
     assert "vs (a)" in out and "vs (c)" in out
+    main(["bench", "images", "--n", "16", "--cores", "1", "--repeats", "1", "--restart-blocks", "4"])
+    torch.set_num_threads(threads)
+    assert "a restart marker every 4 MCUs" in capsys.readouterr().out
 
 
 def test_pil_baseline_matches_fastloader_on_deterministic_ops(tmp_path, monkeypatch):
