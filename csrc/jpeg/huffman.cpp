@@ -309,8 +309,7 @@ bool EntropyDecoder::install(j_decompress_ptr cinfo, int first_col, int last_col
   bit_count_ = 0;
   std::memset(last_dc_, 0, sizeof(last_dc_));
   restarts_to_go_ = cinfo->restart_interval;
-  mcu_col_ = 0;
-  mcu_ = 0;
+  mcu_col_ = mcu_row_ = 0;
   skip_interval_ = false;
   mcus_per_row_ = static_cast<int>(cinfo->MCUs_per_row);
   first_col_ = first_col;
@@ -390,14 +389,13 @@ void EntropyDecoder::restart(j_decompress_ptr cinfo) {
   restarts_to_go_ = cinfo->restart_interval;
 }
 
-// Whether any of the MCUs [first_mcu, first_mcu + count) is one libjpeg keeps: from
-// first_row_ on, in the columns [first_col_, last_col_].
-bool EntropyDecoder::keeps_any(int first_mcu, int count) const {
-  for (int m = first_mcu, end = first_mcu + count; m < end;) {
-    const int row = m / mcus_per_row_, col = m % mcus_per_row_;
-    const int row_end = std::min(end, (row + 1) * mcus_per_row_);  // this row's part
-    if (row >= first_row_ && col <= last_col_ && col + (row_end - m) - 1 >= first_col_) return true;
-    m = row_end;
+// Whether any of `count` MCUs from (row, col) on is one libjpeg keeps: from first_row_ on,
+// in the columns [first_col_, last_col_].
+bool EntropyDecoder::keeps_any(int row, int col, int count) const {
+  for (; count > 0; ++row, col = 0) {
+    const int n = std::min(count, mcus_per_row_ - col);  // this row's part: [col, col + n)
+    if (row >= first_row_ && col <= last_col_ && col + n - 1 >= first_col_) return true;
+    count -= n;
   }
   return false;
 }
@@ -407,13 +405,15 @@ boolean EntropyDecoder::decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* blocks) {
   if (cinfo->restart_interval) {
     const unsigned interval = cinfo->restart_interval;
     if (d.restarts_to_go_ == 0) d.restart(cinfo);
-    if (d.restarts_to_go_ == interval) d.skip_interval_ = !d.keeps_any(d.mcu_, int(interval));
+    if (d.restarts_to_go_ == interval) d.skip_interval_ = !d.keeps_any(d.mcu_row_, d.mcu_col_, int(interval));
     --d.restarts_to_go_;
   }
   // libjpeg IDCTs only the MCU columns of the crop; NULL blocks: rows being skipped.
   const bool keep = blocks != nullptr && d.mcu_col_ >= d.first_col_ && d.mcu_col_ <= d.last_col_;
-  if (++d.mcu_col_ == d.mcus_per_row_) d.mcu_col_ = 0;
-  ++d.mcu_;
+  if (++d.mcu_col_ == d.mcus_per_row_) {
+    d.mcu_col_ = 0;
+    ++d.mcu_row_;
+  }
   if (d.hook_.insufficient_data || d.skip_interval_) return TRUE;
 
   BitReader r{d.next_, d.bits_, d.bit_count_};

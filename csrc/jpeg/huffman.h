@@ -74,7 +74,7 @@ class EntropyDecoder {
   static boolean decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* blocks);
 
   void split_scan(const uint8_t* data, size_t size);
-  bool keeps_any(int first_mcu, int count) const;
+  bool keeps_any(int row, int col, int count) const;
   void restart(j_decompress_ptr cinfo);
   void fail(j_decompress_ptr cinfo, int warning, int param0 = 0, int param1 = 0);
 
@@ -99,8 +99,8 @@ class EntropyDecoder {
   int bit_count_ = 0;
   int last_dc_[MAX_COMPS_IN_SCAN] = {};
   unsigned restarts_to_go_ = 0;
-  int mcu_col_ = 0, mcus_per_row_ = 0, first_col_ = 0, last_col_ = 0, first_row_ = 0;
-  int mcu_ = 0;                 // MCUs asked for so far
+  int mcu_col_ = 0, mcu_row_ = 0;  // of the next MCU asked for
+  int mcus_per_row_ = 0, first_col_ = 0, last_col_ = 0, first_row_ = 0;
   bool skip_interval_ = false;  // the current restart interval keeps no MCU: not decoded
 };
 
