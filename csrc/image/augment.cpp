@@ -116,7 +116,7 @@ void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const 
   const __m256i reverse = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
   const PlanarPicker pick;
   const int W8 = W & ~7;
-  with_values(recipe, table, 3, [&](auto values8) {
+  with_values(recipe, table, 3, [&](const auto& values) {
     for (int y = 0; y < H; ++y) {
       const uint8_t* in = pixels + size_t(y) * W * 3;
       for (int c = 0; c < 3; ++c) {
@@ -126,7 +126,7 @@ void write_rgb_planar_f32(const uint8_t* pixels, int H, int W, bool flip, const 
           // Output x..x+7 come from source pixels x..x+7, or W-8-x..W-1-x reversed.
           __m256i idx = pick(in + size_t(flip ? W - 8 - x : x) * 3, c);
           if (flip) idx = _mm256_permutevar8x32_epi32(idx, reverse);
-          const __m256 v = values8(c, _mm256_cvtepi32_ps(idx));
+          const __m256 v = values.template apply<simd::F8>(c, _mm256_cvtepi32_ps(idx));
           if (aligned)
             _mm256_stream_ps(dst + x, v);
           else

@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
+#include "simd_float.h"
 
 namespace fastloader {
 namespace {
@@ -55,34 +53,40 @@ bool render_ycbcr_planes(JpegDecoder& dec, int w, int h, const LumaBox& box, int
 #if defined(__AVX2__)
 namespace {
 
-// The R, G, B levels of 8 pixels at `at` (mirrored when flipping), as floats.
-struct LevelsAvx2 {
+// The R, G, B levels of S::kLanes pixels at `at` (mirrored when flipping), as floats.
+template <class S>
+struct Levels {
   const uint8_t *yp, *cbp, *crp;
   bool flip;
 
-  __m256 load8(const uint8_t* p) const {
-    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    if (flip) v = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0));
-    return _mm256_cvtepi32_ps(v);
-  }
-
-  void operator()(size_t at, __m256 rgb[3]) const {
-    const __m256 half = _mm256_set1_ps(128.0f), lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
-    const __m256 luma = load8(yp + at);
-    const __m256 cb = _mm256_sub_ps(load8(cbp + at), half), cr = _mm256_sub_ps(load8(crp + at), half);
-    rgb[0] = _mm256_add_ps(luma, _mm256_mul_ps(cr, _mm256_set1_ps(kCrToR)));
-    rgb[1] = _mm256_add_ps(_mm256_add_ps(luma, _mm256_mul_ps(cb, _mm256_set1_ps(kCbToG))),
-                           _mm256_mul_ps(cr, _mm256_set1_ps(kCrToG)));
-    rgb[2] = _mm256_add_ps(luma, _mm256_mul_ps(cb, _mm256_set1_ps(kCbToB)));
-    for (int c = 0; c < 3; ++c)
-      rgb[c] = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_round_ps(rgb[c], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+  void operator()(size_t at, typename S::V rgb[3]) const {
+    using V = typename S::V;
+    const V half = S::set1(128.0f), lo = S::set1(0.0f), hi = S::set1(255.0f);
+    const V luma = S::load_u8(yp + at, flip);
+    const V cb = S::sub(S::load_u8(cbp + at, flip), half), cr = S::sub(S::load_u8(crp + at, flip), half);
+    rgb[0] = S::add(luma, S::mul(cr, S::set1(kCrToR)));
+    rgb[1] = S::add(S::add(luma, S::mul(cb, S::set1(kCbToG))), S::mul(cr, S::set1(kCrToG)));
+    rgb[2] = S::add(luma, S::mul(cb, S::set1(kCbToB)));
+    for (int c = 0; c < 3; ++c) rgb[c] = S::min(hi, S::max(lo, S::round(rgb[c])));
   }
 };
+
+// Output pixels [x, ...) of row `row` (of w), S::kLanes at a time while they last: returns
+// where it stopped.
+template <class S, class Values>
+int write_row_f32(const Levels<S>& pixels, size_t row, int x, int w, const Values& values, float* const dst[3]) {
+  for (; x + S::kLanes <= w; x += S::kLanes) {
+    typename S::V rgb[3];
+    pixels(row + size_t(pixels.flip ? w - S::kLanes - x : x), rgb);
+    for (int c = 0; c < 3; ++c) S::store(dst[c] + x, values.template apply<S>(c, rgb[c]));
+  }
+  return x;
+}
 
 }  // namespace
 #endif
 
-// The levels of one pixel, as LevelsAvx2 computes them.
+// The levels of one pixel, as Levels computes them.
 static inline void levels(const uint8_t* yp, const uint8_t* cbp, const uint8_t* crp, size_t at, float rgb[3]) {
   const float luma = yp[at], cb = cbp[at] - 128.0f, cr = crp[at] - 128.0f;
   rgb[0] = level(luma + cr * kCrToR);
@@ -94,7 +98,7 @@ void ycbcr_to_rgb_levels(const uint8_t* planes, size_t n, uint8_t* rgb) {
   const uint8_t *yp = planes, *cbp = planes + n, *crp = planes + 2 * n;
   size_t i = 0;
 #if defined(__AVX2__)
-  const LevelsAvx2 pixels{yp, cbp, crp, false};
+  const Levels<simd::F8> pixels{yp, cbp, crp, false};
   for (; i + 8 <= n; i += 8) {
     __m256 v[3];
     pixels(i, v);
@@ -117,26 +121,16 @@ void write_ycbcr_as_rgb_f32(const uint8_t* planes, int h, int w, bool flip, cons
                             const ValueRecipe* recipe, float* out) {
   const size_t n = size_t(w) * h;
   const uint8_t *yp = planes, *cbp = planes + n, *crp = planes + 2 * n;
-  auto write_rows = [&]([[maybe_unused]] auto values8) {  // values8(c, levels): 8 float values
+  auto write_rows = [&]([[maybe_unused]] const auto& values) {
     for (int y = 0; y < h; ++y) {
       const size_t row = size_t(y) * w;
-      float* dst[3] = {out + row, out + n + row, out + 2 * n + row};
+      float* const dst[3] = {out + row, out + n + row, out + 2 * n + row};
       int x = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+      x = write_row_f32(Levels<simd::F16>{yp, cbp, crp, flip}, row, x, w, values, dst);
+#endif
 #if defined(__AVX2__)
-      const LevelsAvx2 pixels{yp, cbp, crp, flip};
-      const bool aligned = ((reinterpret_cast<uintptr_t>(dst[0]) | reinterpret_cast<uintptr_t>(dst[1]) |
-                             reinterpret_cast<uintptr_t>(dst[2])) & 31) == 0;
-      for (; x + 8 <= w; x += 8) {
-        __m256 rgb[3];
-        pixels(row + size_t(flip ? w - 8 - x : x), rgb);
-        for (int c = 0; c < 3; ++c) {
-          const __m256 value = values8(c, rgb[c]);
-          if (aligned)
-            _mm256_stream_ps(dst[c] + x, value);
-          else
-            _mm256_storeu_ps(dst[c] + x, value);
-        }
-      }
+      x = write_row_f32(Levels<simd::F8>{yp, cbp, crp, flip}, row, x, w, values, dst);
 #endif
       for (; x < w; ++x) {
         float v[3];

@@ -6,9 +6,7 @@
 #include <cmath>
 #include <cstring>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
+#include "simd_float.h"
 
 namespace fastloader {
 
@@ -41,36 +39,40 @@ struct ValueRecipe {
 };
 
 #if defined(__AVX2__)
-// The values of 8 levels of channel c, their constants held for a whole loop: float
-// stores in a kernel's loop could alias a ValueRecipe in memory, so a kernel reading one
-// there reloads and retests it for every 8 pixels.
+// The values of S::kLanes levels of channel c (S: simd_float.h's F8 or F16), the
+// constants held for a whole loop: float stores in a kernel's loop could alias a
+// ValueRecipe in memory, so a kernel reading one there reloads and retests it for every
+// vector of pixels.
 struct GatheredValues {  // from the value table (channels x 256)
   const float* table;
-  __m256 operator()(int c, __m256 levels) const {
-    return _mm256_i32gather_ps(table + 256 * c, _mm256_cvtps_epi32(levels), 4);
+  template <class S>
+  typename S::V apply(int c, typename S::V levels) const {
+    return S::gather(table + 256 * c, levels);
   }
 };
 
 template <bool kInverse>
 struct ComputedValues {  // by the channels' recipes; kInverse: all use the reciprocal
-  __m256 multiplier[3], mean[3], stdev[3], inverse[3];
+  float multiplier[3] = {}, mean[3] = {}, stdev[3] = {}, inverse[3] = {};
 
   ComputedValues(const ValueRecipe* recipe, int channels) {
     for (int c = 0; c < channels; ++c) {
-      multiplier[c] = _mm256_set1_ps(recipe[c].multiplier);
-      mean[c] = _mm256_set1_ps(recipe[c].mean);
-      stdev[c] = _mm256_set1_ps(recipe[c].stdev);
-      inverse[c] = _mm256_set1_ps(recipe[c].inverse);
+      multiplier[c] = recipe[c].multiplier;
+      mean[c] = recipe[c].mean;
+      stdev[c] = recipe[c].stdev;
+      inverse[c] = recipe[c].inverse;
     }
   }
 
-  __m256 operator()(int c, __m256 levels) const {
-    const __m256 t = _mm256_sub_ps(_mm256_mul_ps(levels, multiplier[c]), mean[c]);
+  template <class S>
+  typename S::V apply(int c, typename S::V levels) const {
+    const auto t = S::sub(S::mul(levels, S::set1(multiplier[c])), S::set1(mean[c]));
     if constexpr (kInverse) {
-      const __m256 q = _mm256_mul_ps(t, inverse[c]);
-      return _mm256_fmadd_ps(_mm256_fnmadd_ps(q, stdev[c], t), inverse[c], q);
+      const auto inv = S::set1(inverse[c]);
+      const auto q = S::mul(t, inv);
+      return S::fmadd(S::fnmadd(q, S::set1(stdev[c]), t), inv, q);
     } else {
-      return _mm256_div_ps(t, stdev[c]);
+      return S::div(t, S::set1(stdev[c]));
     }
   }
 };
