@@ -22,6 +22,7 @@
 #include "image/augment.h"
 #include "image/random_crop.h"
 #include "io/tar.h"
+#include "jpeg/transcode.h"
 #include "text/packing.h"
 #include "text/wordpiece.h"
 #include "jpeg/decode.h"
@@ -65,6 +66,17 @@ fl::DecodeLimits limits_of(int64_t max_pixels, int max_scans) {
   limits.max_pixels = max_pixels;
   limits.max_scans = max_scans;
   return limits;
+}
+
+py::bytes add_restart_markers(py::buffer data, int mcus, int64_t max_pixels, int max_scans) {
+  py::buffer_info input = data.request();
+  std::vector<uint8_t> out;
+  {
+    py::gil_scoped_release no_gil;
+    out = fl::add_restart_markers(static_cast<const uint8_t*>(input.ptr), size_t(input.size) * input.itemsize,
+                                  mcus, limits_of(max_pixels, max_scans));
+  }
+  return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
 }
 
 torch::Tensor decode_jpeg(py::buffer data, int mode, int scale, bool apply_orientation,
@@ -756,6 +768,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::register_exception<fl::JpegError>(m, "JpegError", PyExc_ValueError);
   m.def("decode_jpeg", &decode_jpeg, py::arg("data"), py::arg("mode"), py::arg("scale"),
         py::arg("apply_orientation"), py::arg("max_pixels"), py::arg("max_scans"));
+  m.def("add_restart_markers", &add_restart_markers, py::arg("data"), py::arg("mcus"), py::arg("max_pixels"),
+        py::arg("max_scans"));
   m.def("_use_own_entropy_decoder", &fl::use_own_entropy_decoder, py::arg("on"),
         "Tests only: decode with fastloader's entropy decoder (default) or libjpeg-turbo's.");
   m.def("probe_images", &probe_images, py::arg("images"), py::arg("apply_orientation"),

@@ -17,70 +17,10 @@
 
 #include "exif.h"
 #include "huffman.h"
+#include "libjpeg_errors.h"
 
 namespace fastloader {
 namespace {
-
-struct ErrorManager {
-  jpeg_error_mgr pub;
-  std::jmp_buf jump;
-  char message[JMSG_LENGTH_MAX + 64];
-};
-
-struct ProgressManager {
-  jpeg_progress_mgr pub;
-  int max_scans;
-};
-
-[[noreturn]] void jump_with(j_common_ptr cinfo) {
-  auto* err = reinterpret_cast<ErrorManager*>(cinfo->err);
-  std::longjmp(err->jump, 1);
-}
-
-void on_error_exit(j_common_ptr cinfo) {
-  auto* err = reinterpret_cast<ErrorManager*>(cinfo->err);
-  (*cinfo->err->format_message)(cinfo, err->message);
-  jump_with(cinfo);
-}
-
-// Warnings that mean pixels were lost or invented. libjpeg decodes on (gray fill,
-// garbage), which would feed silent noise to training: we fail the sample instead.
-// Harmless ones (extraneous bytes between markers, unknown JFIF revision) pass.
-bool loses_data(int code) {
-  switch (code) {
-    case JWRN_JPEG_EOF:
-    case JWRN_HIT_MARKER:
-    case JWRN_HUFF_BAD_CODE:
-#ifdef JWRN_ARITH_BAD_CODE
-    case JWRN_ARITH_BAD_CODE:
-#endif
-    case JWRN_MUST_RESYNC:
-    case JWRN_NOT_SEQUENTIAL:
-    case JWRN_BOGUS_PROGRESSION:
-      return true;
-    default:
-      return false;
-  }
-}
-
-void on_emit_message(j_common_ptr cinfo, int msg_level) {
-  if (msg_level >= 0) return;  // trace output
-  if (loses_data(cinfo->err->msg_code)) on_error_exit(cinfo);
-  cinfo->err->num_warnings++;
-}
-
-void on_output_message(j_common_ptr) {}  // never print to stderr
-
-void on_progress(j_common_ptr cinfo) {
-  auto* progress = reinterpret_cast<ProgressManager*>(cinfo->progress);
-  auto* dinfo = reinterpret_cast<j_decompress_ptr>(cinfo);
-  if (dinfo->input_scan_number > progress->max_scans) {
-    auto* err = reinterpret_cast<ErrorManager*>(cinfo->err);
-    std::snprintf(err->message, sizeof(err->message), "more than %d scans (progressive scan limit)",
-                  progress->max_scans);
-    jump_with(cinfo);
-  }
-}
 
 // PIL's CMYK -> RGB on Adobe-style inverted CMYK (PIL reads every CMYK JPEG as "CMYK;I").
 inline uint8_t muldiv255(int a, int b) {
@@ -161,10 +101,7 @@ static void guarded(jpeg_decompress_struct& cinfo, ErrorManager& err, F&& f) {
 
 JpegDecoder::JpegDecoder() : state_(std::make_unique<State>()) {
   State& s = *state_;
-  s.cinfo.err = jpeg_std_error(&s.err.pub);
-  s.err.pub.error_exit = on_error_exit;
-  s.err.pub.emit_message = on_emit_message;
-  s.err.pub.output_message = on_output_message;
+  s.cinfo.err = init_error_manager(s.err);
   if (setjmp(s.err.jump)) throw JpegError(s.err.message);
   jpeg_create_decompress(&s.cinfo);
   s.progress.pub.progress_monitor = on_progress;
