@@ -35,13 +35,19 @@ def _convert(args) -> int:
     try:
         summary = convert(args.source, args.output, maxcount=args.maxcount, maxsize=args.maxsize,
                           text_field=args.text_field, label_field=args.label_field or None,
-                          shuffle=not args.no_shuffle, seed=args.seed, progress=not args.quiet)
+                          shuffle=not args.no_shuffle, seed=args.seed, progress=not args.quiet,
+                          restart_blocks=args.restart_blocks)
     except (ValueError, OSError) as e:
         print(f"fastloader convert: {e}", file=sys.stderr)
         return 2
     n, shards, s = summary["samples"], summary["shards"], summary["seconds"]
     print(f"wrote {n} samples ({summary['data_bytes'] / 1e6:.1f} MB) into {len(shards)} shards in {s:.1f} s "
           f"({n / max(s, 1e-9):.0f} samples/s): {shards[0]} .. {shards[-1]}")
+    if summary["not_rewritten"]:
+        path, reason = summary["not_rewritten"][0]
+        print(f"{len(summary['not_rewritten'])} JPEGs went in as they were, without restart markers, "
+              f"since they could not be rewritten: {path}: {reason}" +
+              (" (and more)" if len(summary["not_rewritten"]) > 1 else ""))
     if summary["classes"] is not None:
         print(f"{len(summary['classes'])} classes (ids in sorted order, saved as classes.json beside the shards)")
     return 0
@@ -97,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--no-shuffle", action="store_true", help="keep the source order (default: shuffled)")
     convert.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    convert.add_argument("--restart-blocks", type=int, default=0, metavar="K",
+                         help="rewrite JPEGs losslessly with a restart marker every K MCUs, which "
+                         "random crops decode faster (default 0: as they are)")
     insp = commands.add_parser("inspect", help="counts, keys, extensions, sizes and damage of shards")
     insp.add_argument("shards", nargs="+", help="shard URLs, brace patterns or globs")
     insp.add_argument("--json", action="store_true", help="print the full report as JSON")

@@ -76,11 +76,30 @@ def _label_ids(labels: list) -> tuple[list[int], list[str] | None]:
     return [index[str(x)] for x in labels], classes
 
 
+def _with_restart_markers(path: str, data: bytes, every: int, kept: list[tuple[str, str]]) -> bytes:
+    """The JPEG rewritten losslessly with restart markers; a file that cannot be (damaged,
+    not in fact a JPEG) goes in as it is, and into `kept` with the reason."""
+    from ..errors import DecodeError
+    from ..vision import add_restart_markers
+
+    try:
+        return add_restart_markers(data, every_mcus=every)
+    except DecodeError as e:
+        kept.append((path, e.reason))
+        return data
+
+
 def convert(source: str, pattern: str, *, maxcount: int = 10_000, maxsize: float = 1e9,
             text_field: str = "text", label_field: str | None = "label", shuffle: bool = True,
-            seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Writes `source` into shards named `pattern % n`; returns a summary."""
+            seed: int = 0, progress: bool = True, restart_blocks: int = 0) -> dict[str, Any]:
+    """Writes `source` into shards named `pattern % n`; returns a summary. With
+    `restart_blocks`, an ImageFolder's JPEGs get a restart marker every that many MCUs
+    (losslessly: see fastloader.vision.add_restart_markers)."""
     from tqdm import tqdm
+
+    if isinstance(restart_blocks, bool) or not isinstance(restart_blocks, int) or not 0 <= restart_blocks <= 65535:
+        raise ValueError(f"restart_blocks must be an int in 0..65535, got {restart_blocks!r}")
+    not_rewritten: list[tuple[str, str]] = []
 
     start = time.perf_counter()
     if os.path.isdir(source):
@@ -111,7 +130,10 @@ def convert(source: str, pattern: str, *, maxcount: int = 10_000, maxsize: float
             if kind == "imagefolder":
                 ext = os.path.splitext(value)[1].lower().lstrip(".")
                 with open(value, "rb") as f:
-                    sample["jpg" if ext == "jpeg" else ext] = f.read()
+                    data = f.read()
+                if restart_blocks and ext in ("jpg", "jpeg"):
+                    data = _with_restart_markers(value, data, restart_blocks, not_rewritten)
+                sample["jpg" if ext == "jpeg" else ext] = data
             else:
                 sample["txt"] = value
             if label is not None:
@@ -123,4 +145,4 @@ def convert(source: str, pattern: str, *, maxcount: int = 10_000, maxsize: float
             json.dump(classes, f)
     seconds = time.perf_counter() - start
     return {"source": source, "kind": kind, "samples": len(items), "shards": sink.shards,
-            "classes": classes, "data_bytes": nbytes, "seconds": seconds}
+            "classes": classes, "data_bytes": nbytes, "seconds": seconds, "not_rewritten": not_rewritten}

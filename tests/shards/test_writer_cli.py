@@ -8,10 +8,12 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import fastloader
 from fastloader.cli import main
+from fastloader.shards.convert import convert
 
 from _shard_data import make_samples, read_with_webdataset, write_with_webdataset
 
@@ -96,6 +98,37 @@ def test_convert_image_folder(image_folder, tmp_path, capsys):
         (ext,) = [e for e in s if e in ("jpg", "png")]
         assert originals[s[ext]] == int(s["cls"])
     assert json.load(open(tmp_path / "out" / "classes.json")) == ["class0", "class1", "class2"]
+
+
+def test_convert_adds_restart_markers_losslessly(image_folder, tmp_path, capsys):
+    from fastloader import decode_jpeg
+
+    root, files = image_folder
+    damaged = root / "class1" / "damaged.jpg"
+    good = open(root / "class1" / "img.1.jpeg", "rb").read()
+    damaged.write_bytes(good[: len(good) // 2])  # cut short: cannot be rewritten
+    files[str(damaged)] = 1
+    out = tmp_path / "r" / "t-%02d.tar"
+    assert main(["convert", str(root), str(out), "--quiet", "--restart-blocks", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 13 samples" in printed
+    assert f"1 JPEGs went in as they were, without restart markers, since they could not be rewritten: {damaged}" in printed
+    got = read_with_webdataset(sorted(str(p) for p in (tmp_path / "r").glob("*.tar")))
+    originals = {open(p, "rb").read(): p for p in files}
+    marked = 0
+    for s in got:
+        (ext,) = [e for e in s if e in ("jpg", "png")]
+        if s[ext] in originals:  # PNGs, and the damaged JPEG, as they were
+            assert ext == "png" or originals[s[ext]] == str(damaged)
+            continue
+        assert s[ext].count(b"\xff\xdd") == 1  # a restart interval (DRI)
+        (source,) = [p for p, c in files.items() if p.endswith((".jpg", ".jpeg")) and p != str(damaged)
+                     and torch.equal(decode_jpeg(open(p, "rb").read()), decode_jpeg(s[ext]))]
+        assert files[source] == int(s["cls"])
+        marked += 1
+    assert marked == sum(p.endswith((".jpg", ".jpeg")) for p in files) - 1  # all but the damaged one
+    with pytest.raises(ValueError, match="restart_blocks must be an int in 0..65535"):
+        convert(str(root), str(out), restart_blocks=-1)
 
 
 def test_convert_shows_progress_unless_quiet(image_folder, tmp_path, capsys):
