@@ -24,20 +24,20 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def time_pipeline(n: int, passes: int, threads: int) -> float:
+def time_pipeline(n: int, passes: int, threads: int, restart_blocks: int = 0) -> float:
     """Images/s of the (b) pipeline over the benchmark set in this process: the median of
     `passes` timed passes."""
     from fastloader.bench.datasets import imagenet_like
     from fastloader.bench.images import run_fastloader
 
-    images = [p.read_bytes() for p in imagenet_like(n)]
+    images = [p.read_bytes() for p in imagenet_like(n, restart_blocks=restart_blocks)]
     return statistics.median(run_fastloader(images, threads) for _ in range(passes))
 
 
 def run_build(build: str, args: argparse.Namespace) -> float:
     path = os.path.abspath(build)
     child = [sys.executable, os.path.abspath(__file__), "--child", path, "--n", str(args.n),
-             "--passes", str(args.passes), "--threads", str(args.threads)]
+             "--passes", str(args.passes), "--threads", str(args.threads), "--restart-blocks", str(args.restart_blocks)]
     env = dict(os.environ, PYTHONPATH=path + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run(child, env=env, capture_output=True, text=True)
     if out.returncode != 0:
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=2000, help="images in the benchmark set")
     parser.add_argument("--passes", type=int, default=3, help="timed passes over the set per process")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--restart-blocks", type=int, default=0, metavar="K",
+                        help="the benchmark images with a restart marker every K MCUs")
     parser.add_argument("--child", metavar="BUILD", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
         if not os.path.abspath(fastloader.__file__).startswith(args.child + os.sep):
             sys.exit(f"imported {fastloader.__file__}, not the build in {args.child}")
-        print(f"{time_pipeline(args.n, args.passes, args.threads):.1f}")
+        print(f"{time_pipeline(args.n, args.passes, args.threads, args.restart_blocks):.1f}")
         return
     if args.save:
         import fastloader
