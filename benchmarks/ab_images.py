@@ -21,9 +21,6 @@ import statistics
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def time_pipeline(n: int, passes: int, threads: int, restart_blocks: int = 0) -> float:
     """Images/s of the (b) pipeline over the benchmark set in this process: the median of
     `passes` timed passes."""

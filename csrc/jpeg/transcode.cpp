@@ -39,19 +39,23 @@ struct Transcoder {
   }
 };
 
-// Whether every coefficient fits baseline Huffman coding: DC within +-1023 (so that the
-// difference of two fits 11 bits), AC within +-1023 (10 bits). Data decoded from a valid
-// 8-bit JPEG always does; damaged data can sum DC differences past it, and libjpeg-turbo's
-// SIMD encoder would then write codes that do not exist, a broken file.
+// Whether every coefficient fits baseline Huffman coding: DC within [-1024, 1023] (so that
+// the difference of two fits 11 bits; -1024 is a black block at quantizer 1), AC within
+// +-1023 (10 bits). Data decoded from a valid 8-bit JPEG always does; damaged data can sum
+// DC differences past it, and libjpeg-turbo's SIMD encoder would then write codes that do
+// not exist, a broken file.
 bool fits_baseline(j_decompress_ptr src, jvirt_barray_ptr* coefficients) {
   for (int ci = 0; ci < src->num_components; ++ci) {
     const jpeg_component_info& comp = src->comp_info[ci];
     for (JDIMENSION row = 0; row < comp.height_in_blocks; ++row) {
       JBLOCKARRAY blocks = (*src->mem->access_virt_barray)(reinterpret_cast<j_common_ptr>(src), coefficients[ci],
                                                             row, 1, FALSE);
-      const JCOEF* c = blocks[0][0];
       bool ok = true;
-      for (size_t i = 0, n = size_t(comp.width_in_blocks) * DCTSIZE2; i < n; ++i) ok &= c[i] >= -1023 && c[i] <= 1023;
+      for (JDIMENSION b = 0; b < comp.width_in_blocks; ++b) {
+        const JCOEF* c = blocks[0][b];
+        ok &= c[0] >= -1024 && c[0] <= 1023;
+        for (int i = 1; i < DCTSIZE2; ++i) ok &= c[i] >= -1023 && c[i] <= 1023;
+      }
       if (!ok) return false;
     }
   }
@@ -87,12 +91,7 @@ std::vector<uint8_t> add_restart_markers(const uint8_t* data, size_t size, int m
   jpeg_mem_src(&t.src, data, static_cast<unsigned long>(size));
   for (int m = 0; m < 16; ++m) jpeg_save_markers(&t.src, JPEG_APP0 + m, 0xFFFF);
   jpeg_save_markers(&t.src, JPEG_COM, 0xFFFF);
-  jpeg_read_header(&t.src, TRUE);
-  if (int64_t(t.src.image_width) * t.src.image_height > limits.max_pixels) {
-    std::snprintf(t.err.message, sizeof(t.err.message), "image of %ux%u pixels exceeds max_pixels=%lld",
-                  t.src.image_width, t.src.image_height, static_cast<long long>(limits.max_pixels));
-    std::longjmp(t.err.jump, 1);
-  }
+  jpeg_read_header(&t.src, TRUE);  // its size already checked against the limits by check.open()
   jvirt_barray_ptr* coefficients = jpeg_read_coefficients(&t.src);
   if (!fits_baseline(&t.src, coefficients)) {
     std::snprintf(t.err.message, sizeof(t.err.message), "corrupt JPEG data: DCT coefficients out of range");

@@ -34,6 +34,17 @@ def test_pixels_are_unchanged(jpeg_cases, every):
             assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))), case.name
 
 
+def test_extreme_valid_coefficients_are_rewritten():
+    # at quality 100 (quantizers of 1) a black block's DC is -1024 and a white one's 1016,
+    # the widest DC difference baseline coding carries; sharp edges give large ACs
+    rng = np.random.default_rng(0)
+    black_white = np.kron(rng.integers(0, 2, (6, 6)) * 255, np.ones((8, 8))).astype(np.uint8)
+    for mode in ("L", "RGB"):
+        data = encode_jpeg(Image.fromarray(black_white).convert(mode), quality=100, subsampling=0)
+        out = add_restart_markers(data, every_mcus=1)
+        assert torch.equal(decode_jpeg(out), decode_jpeg(data)), mode
+
+
 def test_markers_are_kept(photos):
     img = Image.fromarray(photos[sorted(photos)[0]]).crop((0, 0, 120, 90))
     exif = Image.Exif()
